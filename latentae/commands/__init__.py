@@ -1,0 +1,1 @@
+"""One module per `latentae` subcommand (see latentae/cli.py)."""

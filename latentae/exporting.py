@@ -1,0 +1,144 @@
+"""Training model <-> diffusers modules, and `export(model, dir)`.
+
+KL models become `AutoencoderKL`; vector-quantizer tokenizers become `VQModel` with the quantizer's
+normalization and projections folded in (unit-norm codebook, projections composed into quant_conv /
+post_quant_conv), so tokens and decodes are identical. Quantizers `VQModel` cannot express (FSQ, LFQ, Gumbel,
+residual) are saved in latentae's own directory format: config.json + safetensors, loaded by `latentae.load`.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, VQModel
+from torch import Tensor, nn
+
+from latentae.errors import ModelFormatError
+from latentae.models import KLAutoencoder, VQTokenizer
+
+SIDE_FILE = "latentae.json"  # training-side facts diffusers' config.json must not carry (it warns on unknown keys)
+_DIFFUSERS_INTERNAL = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+
+
+def _arch(config) -> dict:
+    n = len(config["block_out_channels"])
+    return dict(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                act_fn="silu")
+
+
+def _check_standard_blocks(config, cls_name: str) -> None:
+    n = len(config["block_out_channels"])
+    expected = _arch(config)
+    for key in ("down_block_types", "up_block_types", "act_fn"):
+        value = config.get(key, expected[key])
+        value = tuple(value) if isinstance(value, list) else value
+        if value != expected[key]:
+            raise ModelFormatError(f"{cls_name} with {key}={value!r} is not the standard VAE architecture "
+                                   f"(expected {expected[key]!r} for {n} levels)")
+    if config.get("norm_type", "group") != "group":
+        raise ModelFormatError(f"{cls_name} with norm_type={config['norm_type']!r} (MoVQ) is not supported")
+
+
+def _fold(outer: nn.Conv2d | None, inner: nn.Linear | None, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of one 1x1 conv computing outer(conv(x)) or conv(inner(x)) (Linear on channels)."""
+    w, b = conv.weight[:, :, 0, 0], conv.bias
+    if outer is not None:  # linear after conv: W_o (W x + b) + b_o
+        w, b = outer.weight @ w, outer.weight @ b + outer.bias
+    if inner is not None:  # conv after linear: W (W_i x + b_i) + b
+        w, b = w @ inner.weight, w @ inner.bias + b
+    return w[:, :, None, None].contiguous(), b.contiguous()
+
+
+def _init_kwargs(cls, config) -> dict:
+    """The entries of a diffusers config that `cls.__init__` takes."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in params and k != "self"}
+
+
+# ---------------------------------------------------------------- KL
+def kl_to_diffusers(model: KLAutoencoder) -> AutoencoderKL:
+    config = {k: v for k, v in model.config.items() if k not in _DIFFUSERS_INTERNAL}
+    vae = AutoencoderKL(**config, **_arch(config))
+    vae.load_state_dict(model.state_dict(), strict=True)
+    return vae
+
+
+def kl_from_diffusers(vae: AutoencoderKL) -> KLAutoencoder:
+    _check_standard_blocks(vae.config, "AutoencoderKL")
+    model = KLAutoencoder(**_init_kwargs(KLAutoencoder, vae.config))
+    model.load_state_dict(vae.state_dict(), strict=True)
+    return model
+
+
+# ---------------------------------------------------------------- VQ
+def vq_to_diffusers(model: VQTokenizer) -> VQModel:
+    spec = model.config["quantizer"] or {"kind": "vq"}
+    if spec.get("kind") != "vq":
+        raise ModelFormatError(f"a {spec.get('kind')!r} quantizer has no VQModel equivalent; "
+                               "export writes latentae's own format for it")
+    q = model.quantizer
+    config = {k: v for k, v in model.config.items() if k not in _DIFFUSERS_INTERNAL + ("quantizer", "vq_embed_dim")}
+    vq = VQModel(**config, **_arch(config), num_vq_embeddings=q.codebook_size,
+                 vq_embed_dim=q.embedding.weight.shape[1], norm_type="group", lookup_from_codebook=True)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    with torch.no_grad():
+        proj_in = getattr(q, "project_in", None)
+        proj_out = getattr(q, "project_out", None)
+        proj_in = proj_in if isinstance(proj_in, nn.Linear) else None
+        proj_out = proj_out if isinstance(proj_out, nn.Linear) else None
+        state["quant_conv.weight"], state["quant_conv.bias"] = _fold(proj_in, None, model.quant_conv)
+        state["post_quant_conv.weight"], state["post_quant_conv.bias"] = _fold(None, proj_out, model.post_quant_conv)
+        state["quantize.embedding.weight"] = q.codebook().detach().clone()
+    vq.load_state_dict(state, strict=True)
+    return vq
+
+
+def vq_from_diffusers(vq: VQModel, quantizer_options: dict | None = None) -> VQTokenizer:
+    """`quantizer_options` restores lookup behaviour recorded at export (e.g. l2_normalize)."""
+    _check_standard_blocks(vq.config, "VQModel")
+    init = _init_kwargs(VQTokenizer, vq.config)
+    init["quantizer"] = {"kind": "vq", "codebook_size": vq.config["num_vq_embeddings"], **(quantizer_options or {})}
+    init["vq_embed_dim"] = vq.config.get("vq_embed_dim") or vq.config["latent_channels"]
+    model = VQTokenizer(**init)
+    state = dict(vq.state_dict())
+    state["quantizer.embedding.weight"] = state.pop("quantize.embedding.weight")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("quantizer.") for k in missing):
+        raise ModelFormatError(f"VQModel weights do not fit: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+# ---------------------------------------------------------------- export
+def to_diffusers(model):
+    """The diffusers module computing the same function as `model` (AutoencoderKL or VQModel)."""
+    if isinstance(model, KLAutoencoder):
+        return kl_to_diffusers(model)
+    if isinstance(model, VQTokenizer):
+        return vq_to_diffusers(model)
+    raise ModelFormatError(f"cannot convert {type(model).__name__} to diffusers")
+
+
+def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Path:
+    """Write `model` where diffusers (KL, vector VQ) or latentae (other quantizers) loads it; return the dir.
+
+    `metadata` (e.g. training step, source run) goes to latentae.json beside config.json.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).float() if model.dtype != torch.float32 else model  # never cast the caller's model
+    side = {"family": model.family, "metadata": metadata or {}}
+    spec = model.config.get("quantizer") or {}
+    if isinstance(model, KLAutoencoder) or spec.get("kind", "vq") == "vq":
+        module = to_diffusers(model)
+        side["format"] = type(module).__name__
+        if isinstance(model, VQTokenizer):  # lookup options that shape tokens after re-import
+            side["quantizer"] = {k: v for k, v in spec.items() if k in ("l2_normalize", "beta")}
+    else:
+        module = model
+        side["format"] = "latentae"
+    module.save_pretrained(output_dir, safe_serialization=True)
+    (output_dir / SIDE_FILE).write_text(json.dumps(side, indent=2) + "\n")
+    return output_dir

@@ -1,0 +1,96 @@
+"""`latentae.load(path)`: open any autoencoder latentae knows, as a KLAutoencoder or VQTokenizer.
+
+Accepted: latentae exports, diffusers `AutoencoderKL` / `VQModel` directories (also a pipeline directory with a
+`vae/` or `vqvae/` folder), and original LDM / CompVis / taming single files (.ckpt, .safetensors). Nothing is
+unpickled: safetensors, or `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from latentae import ldm
+from latentae.errors import ModelFormatError
+from latentae.exporting import SIDE_FILE, kl_from_diffusers, vq_from_diffusers
+from latentae.models import MODEL_CLASSES, KLAutoencoder, ModelConfig, VQTokenizer, build_model
+
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
+_OURS = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+
+
+def _model_dir(path: Path) -> Path:
+    if (path / "config.json").is_file():
+        return path
+    for sub in ("vae", "vqvae"):  # a whole pipeline directory
+        if (path / sub / "config.json").is_file():
+            return path / sub
+    raise ModelFormatError(f"{path} is not a model directory: no config.json (expected a latentae export, a "
+                           "diffusers AutoencoderKL/VQModel directory, or an LDM .ckpt/.safetensors file)")
+
+
+def _load_dir(path: Path):
+    path = _model_dir(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    name = config.get("_class_name")
+    if name not in ("AutoencoderKL", "VQModel", *_OURS):
+        raise ModelFormatError(f"{path} holds a {name or 'model without _class_name'}, not an autoencoder "
+                               "(expected AutoencoderKL, VQModel or a latentae export)")
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise ModelFormatError(f"{path} has config.json but no weights: put {_WEIGHT_FILES[0]} beside it")
+    if name in _OURS:
+        return _OURS[name].from_pretrained(path)
+    from diffusers import AutoencoderKL, VQModel
+
+    if name == "AutoencoderKL":
+        return kl_from_diffusers(AutoencoderKL.from_pretrained(path))
+    side = json.loads((path / SIDE_FILE).read_text()) if (path / SIDE_FILE).is_file() else {}
+    return vq_from_diffusers(VQModel.from_pretrained(path), side.get("quantizer"))
+
+
+def load_ldm_checkpoint(path: Path, **overrides):
+    """An LDM/taming single file; the architecture is read off the weight shapes (`overrides` adjust it,
+    e.g. scaling_factor=0.13025 for SDXL, which the file does not record)."""
+    try:
+        state = ldm.strip_prefix(ldm.read_checkpoint(path))
+        arch = ldm.infer_config(state)
+    except (KeyError, RuntimeError, OSError, ValueError) as e:
+        raise ModelFormatError(f"{path} is not a readable LDM autoencoder checkpoint: {e}") from None
+    arch.update(overrides)
+    model = build_model(ModelConfig(**arch))
+    weights = ldm.ldm_to_diffusers(state)
+    if isinstance(model, VQTokenizer):
+        weights["quantizer.embedding.weight"] = weights.pop("quantize.embedding.weight")
+    weights = {k: v for k, v in weights.items() if not k.startswith("loss.")}  # LDM keeps its LPIPS/D in the file
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith("quantizer.") or k.endswith("embedding.weight")]
+    if missing or unexpected:
+        raise ModelFormatError(f"{path}: weights do not match the inferred architecture "
+                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model
+
+
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         **ldm_overrides) -> KLAutoencoder | VQTokenizer:
+    """Open an autoencoder from `path` in eval mode; see the module docstring for what `path` may be."""
+    path = Path(path)
+    if path.is_dir():
+        if ldm_overrides:
+            raise ModelFormatError(f"architecture overrides {sorted(ldm_overrides)} only apply to LDM files")
+        model = _load_dir(path)
+    elif path.is_file() and path.suffix in _CHECKPOINT_SUFFIXES:
+        model = load_ldm_checkpoint(path, **ldm_overrides)
+    elif path.exists():
+        raise ModelFormatError(f"{path}: expected a model directory or a {'/'.join(_CHECKPOINT_SUFFIXES)} file")
+    else:
+        raise ModelFormatError(f"{path}: no such file or directory")
+    if device is not None:
+        model = model.to(device)
+    if dtype is not None and dtype != model.dtype:
+        model = model.to(dtype)
+    return model.eval()

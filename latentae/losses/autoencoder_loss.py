@@ -1,0 +1,207 @@
+"""The autoencoder's training objective: generator loss and discriminator loss, plus per-step diagnostics.
+
+Generator (mode="generator"):
+  total = pixel_weight * rec + perceptual_weight * lpips          (the "reconstruction" part)
+        + kl.weight(step) * kl            (KL family)  |  + sum(quant.losses)   (VQ family, already weighted)
+        + adaptive_weight * g_adv         (from disc.start on)
+  with adaptive_weight = disc.weight * clamp(|grad rec| / |grad g_adv|, 0, disc.adaptive_max) at the decoder's
+  last layer when disc.adaptive, else disc.weight.
+Discriminator (mode="discriminator"), from disc.start - disc.warmup_steps on:
+  total = d_loss(real, fake) + lecam_weight * lecam + r1_weight * r1
+
+Everything is computed in fp32 with autocast off (the model may run under bf16 autocast). Logged loss terms
+are the terms before their weight, in the configured reduction; the weights are logged beside them
+(`kl/weight`, `adaptive_weight`: the weight actually applied to `loss/g_adv`, also when it is fixed), so
+`loss/total` is their weighted sum. Keys carry no `train/` prefix.
+
+Distributed use: keep this module (and its LPIPS) out of `accelerator.prepare`; prepare only
+`loss.discriminator` and hand the wrapper back with `set_prepared_discriminator`, so the discriminator update
+goes through DDP (otherwise each rank's D would train on its own gradients). The generator pass calls the
+plain module with D frozen: D gets no gradient there, so there is nothing to synchronize.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from latentae.config import ConfigError
+from latentae.losses.adaptive import adaptive_weight
+from latentae.losses.config import LossConfig
+from latentae.losses.discriminator import NLayerDiscriminator
+from latentae.losses.gan import LeCAMAnchors, discriminator_loss, generator_loss, lecam_penalty, r1_penalty
+from latentae.losses.kl import active_channels, kl_per_channel, kl_term, kl_weight
+from latentae.losses.perceptual import PerceptualLoss
+from latentae.losses.pixel import pixel_loss, reduce_elements
+
+IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Parameters of `module` do not require grad inside the block (their previous flags come back after)."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+class AutoencoderLoss(nn.Module):
+    """loss(images, reconstruction, *, step, mode, posterior=None, quant=None, last_layer=None) -> (total, logs).
+
+    Owns `discriminator` (train it with its own optimizer) and `perceptual` (frozen LPIPS; None when
+    perceptual_weight is 0). `lecam` holds LeCAM's logit EMAs (None when LeCAM is off); checkpoint it with the
+    discriminator.
+    """
+
+    def __init__(self, cfg: LossConfig, family: str = "kl"):
+        super().__init__()
+        if family not in ("kl", "vq"):
+            raise ValueError(f"family must be 'kl' or 'vq', got {family!r}")
+        if family == "vq" and cfg.reduction == "sum":
+            raise ConfigError("config key 'loss.reduction': 'sum' would scale the reconstruction by C*H*W "
+                              "against the quantizer's mean-reduced losses; VQ training needs 'mean'")
+        self.cfg = cfg
+        self.family = family
+        self.perceptual = (PerceptualLoss(cfg.perceptual_net, trunk_path=cfg.perceptual_trunk_path,
+                                          random_init=cfg.perceptual_random_init)
+                           if cfg.perceptual_weight > 0 else None)
+        d = cfg.disc
+        self.discriminator = NLayerDiscriminator(IMAGE_CHANNELS, channels=d.channels, layers=d.layers, norm=d.norm)
+        self.lecam = LeCAMAnchors(d.lecam_decay) if d.lecam_weight > 0 else None
+        self.__dict__["_prepared_discriminator"] = None  # not a submodule: state-dict keys stay the plain D's
+
+    def set_prepared_discriminator(self, wrapped: nn.Module) -> None:
+        """Use `wrapped` (e.g. `accelerator.prepare(loss.discriminator)`) for the discriminator update."""
+        self.__dict__["_prepared_discriminator"] = wrapped
+
+    def generator_adversarial_active(self, step: int) -> bool:
+        """The adversarial term is in the generator loss (disc.weight 0 turns the GAN off entirely)."""
+        return self.cfg.disc.weight > 0 and step >= self.cfg.disc.start
+
+    def discriminator_active(self, step: int) -> bool:
+        """The discriminator trains at this step: warmup_steps before the generator sees it, then always."""
+        return self.cfg.disc.weight > 0 and step >= self.cfg.disc.start - self.cfg.disc.warmup_steps
+
+    def forward(
+        self,
+        images: Tensor,  # [B, 3, H, W] in [-1, 1]
+        reconstruction: Tensor,  # same shape; detached here in discriminator mode
+        *,
+        step: int,  # global optimizer step (schedules, disc start)
+        mode: str = "generator",  # generator | discriminator
+        posterior=None,  # KL family, generator mode: GaussianPosterior (mean, kl_per_channel())
+        quant=None,  # VQ family, generator mode: QuantizerOutput (losses already weighted, stats)
+        last_layer: Tensor | None = None,  # decoder's last weight, for the adaptive weight
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            if mode == "generator":
+                return self._generator(images.float(), reconstruction.float(), step, posterior, quant, last_layer)
+            if mode == "discriminator":
+                return self._discriminator(images.detach().float(), reconstruction.detach().float(), step)
+        raise ValueError(f"mode must be 'generator' or 'discriminator', got {mode!r}")
+
+    # generator ---------------------------------------------------------------------------------------------
+
+    def _generator(self, images, rec, step, posterior, quant, last_layer):
+        cfg = self.cfg
+        logs: dict[str, Tensor | float] = {}
+        rec_loss = pixel_loss(images, rec, kind=cfg.pixel_loss, reduction=cfg.reduction)
+        logs["loss/rec"] = rec_loss.detach()
+        reconstruction = cfg.pixel_weight * rec_loss
+        if self.perceptual is not None:
+            per_image = self.perceptual(images, rec)
+            # As if each image's LPIPS were added to every pixel element (LDM), then reduced like the pixel loss.
+            perceptual = reduce_elements(per_image[:, None, None, None].expand_as(images), cfg.reduction)
+            logs["loss/perceptual"] = perceptual.detach()
+            reconstruction = reconstruction + cfg.perceptual_weight * perceptual
+        total = reconstruction + self._bottleneck(step, posterior, quant, logs)
+
+        if self.generator_adversarial_active(step):
+            with frozen(self.discriminator):  # D's .grad stays empty; gradients still reach `rec`
+                logits_fake = self.discriminator(rec).float()
+            g_adv = generator_loss(cfg.disc.loss, logits_fake)
+            weight = self._adversarial_weight(reconstruction, g_adv, last_layer)
+            total = total + weight * g_adv
+            logs["loss/g_adv"] = g_adv.detach()
+            logs["adaptive_weight"] = weight
+            logs["disc/logits_fake"] = logits_fake.detach().mean()
+        logs["loss/total"] = total.detach()
+        return total, logs
+
+    def _bottleneck(self, step, posterior, quant, logs) -> Tensor:
+        """KL term (KL family) or the quantizer's losses (VQ family), with their diagnostics."""
+        if self.family == "kl":
+            if posterior is None:
+                raise ValueError("the KL family's generator loss needs posterior= (the model output's posterior)")
+            latent = posterior.mean
+            per_channel = kl_per_channel(posterior)
+            weight = kl_weight(self.cfg.kl, step)
+            term = kl_term(per_channel, spatial_size=latent.shape[-2] * latent.shape[-1],
+                           free_bits=self.cfg.kl.free_bits, reduction=self.cfg.reduction)
+            logs["loss/kl"] = term.detach()
+            logs["kl/weight"] = weight
+            for c, value in enumerate(per_channel.detach()):
+                logs[f"kl/channel_{c:02d}"] = value
+            logs["latent/active_channels"] = active_channels(per_channel.detach(), self.cfg.kl.active_threshold)
+            bottleneck = weight * term
+        else:
+            if quant is None:
+                raise ValueError("the VQ family's generator loss needs quant= (the model output's QuantizerOutput)")
+            latent = quant.quantized
+            bottleneck = latent.new_zeros((), dtype=torch.float32)
+            for name, value in quant.losses.items():
+                logs[f"loss/{name}"] = value.detach().float()
+                bottleneck = bottleneck + value.float()
+            for name, value in quant.stats.items():
+                logs[f"codebook/{name}"] = value.detach().float() if torch.is_tensor(value) else value
+        latent = latent.detach().float()
+        logs["latent/mean"] = latent.mean()
+        logs["latent/std"] = latent.std()
+        return bottleneck
+
+    def _adversarial_weight(self, reconstruction: Tensor, g_adv: Tensor, last_layer: Tensor | None) -> Tensor:
+        d = self.cfg.disc
+        if not d.adaptive:
+            return g_adv.new_tensor(d.weight)
+        if not torch.is_grad_enabled():  # evaluation under no_grad: no gradients to compare (LDM uses 0 too)
+            return g_adv.new_zeros(())
+        if last_layer is None:
+            raise ValueError("loss.disc.adaptive needs last_layer= (model.last_layer()) once the GAN is active")
+        return d.weight * adaptive_weight(reconstruction, g_adv, last_layer, max_weight=d.adaptive_max)
+
+    # discriminator -----------------------------------------------------------------------------------------
+
+    def _discriminator(self, real, fake, step):
+        d = self.cfg.disc
+        if not self.discriminator_active(step):
+            raise RuntimeError(f"discriminator update at step {step}, before it trains (from step "
+                               f"{d.start - d.warmup_steps}; gate it with loss.discriminator_active(step))")
+        r1 = d.r1_weight > 0 and torch.is_grad_enabled()
+        if r1:
+            real.requires_grad_(True)  # a detached copy: R1 differentiates w.r.t. the real images
+        disc = self._prepared_discriminator if self._prepared_discriminator is not None else self.discriminator
+        # One forward over real and fake together (batch norm under NCCL; one spectral-norm power step).
+        logits_real, logits_fake = disc(torch.cat([real, fake])).float().split([real.shape[0], fake.shape[0]])
+        total = discriminator_loss(d.loss, logits_real, logits_fake)
+        logs: dict[str, Tensor | float] = {
+            "loss/disc": total.detach(),
+            "disc/logits_real": logits_real.detach().mean(),
+            "disc/logits_fake": logits_fake.detach().mean(),
+        }
+        if self.lecam is not None:
+            self.lecam.update(logits_real, logits_fake)
+            lecam = lecam_penalty(logits_real, logits_fake, self.lecam.ema_real, self.lecam.ema_fake)
+            logs["loss/lecam"] = lecam.detach()
+            total = total + d.lecam_weight * lecam
+        if r1:
+            penalty = r1_penalty(logits_real, real)
+            logs["loss/r1"] = penalty.detach()
+            total = total + d.r1_weight * penalty
+        logs["loss/total"] = total.detach()
+        return total, logs

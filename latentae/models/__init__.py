@@ -1,0 +1,17 @@
+"""Model families: KL autoencoder and VQ tokenizer, both in diffusers' layout."""
+from latentae.models.config import ModelConfig
+from latentae.models.kl import KLAutoencoder
+from latentae.models.output import AutoencoderOutput
+from latentae.models.posterior import GaussianPosterior
+from latentae.models.vq import VQTokenizer
+
+MODEL_CLASSES = {"kl": KLAutoencoder, "vq": VQTokenizer}
+
+
+def build_model(cfg: ModelConfig):
+    """A freshly initialized model for the `model:` config section."""
+    return MODEL_CLASSES[cfg.family](**cfg.model_kwargs())
+
+
+__all__ = ["AutoencoderOutput", "GaussianPosterior", "KLAutoencoder", "ModelConfig", "VQTokenizer", "build_model",
+           "MODEL_CLASSES"]

@@ -1,0 +1,37 @@
+"""Encoder and decoder: diffusers' own modules, so state dicts map 1:1 onto AutoencoderKL / VQModel."""
+from __future__ import annotations
+
+from diffusers.models.autoencoders.vae import Decoder, Encoder
+
+
+def make_encoder(*, in_channels, out_channels, block_out_channels, layers_per_block, norm_num_groups,
+                 mid_block_add_attention, double_z) -> Encoder:
+    return Encoder(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        act_fn="silu",
+        double_z=double_z,
+        mid_block_add_attention=mid_block_add_attention,
+    )
+
+
+def make_decoder(*, in_channels, out_channels, block_out_channels, layers_per_block, norm_num_groups,
+                 mid_block_add_attention) -> Decoder:
+    return Decoder(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        act_fn="silu",
+        mid_block_add_attention=mid_block_add_attention,
+    )
+
+
+def downsample_factor(block_out_channels) -> int:
+    return 2 ** (len(block_out_channels) - 1)

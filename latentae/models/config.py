@@ -1,0 +1,57 @@
+"""The `model:` section of a config: one dataclass for both families, checked against the family."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from latentae.config import ConfigError
+
+# Fields that only one family reads, with the value that means "left alone".
+_KL_ONLY = {"use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None}
+_VQ_ONLY = {"vq_embed_dim": None, "quantizer": {}}
+
+
+@dataclass
+class ModelConfig:
+    family: Literal["kl", "vq"] = "kl"  # kl: Gaussian posterior (SD VAE); vq: quantized tokenizer
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])  # one per level; f = 2^(n-1)
+    layers_per_block: int = 2  # resnets per encoder level (the decoder uses one more, as in diffusers)
+    latent_channels: int = 4  # kl: latent channels; vq: encoder output channels before quant_conv
+    norm_num_groups: int = 32
+    mid_block_add_attention: bool = True  # self-attention in the mid blocks
+    sample_size: int = 256  # training resolution; diffusers also uses it as the tiling tile size
+    scaling_factor: float = 0.18215  # written to the export; `latentae stats` measures the right one
+    force_upcast: bool = True  # tells diffusers pipelines to decode in fp32 (SDXL's fp16 overflow)
+    shift_factor: float | None = None  # kl only: SD3/FLUX-style latent shift
+    use_quant_conv: bool = True  # kl only: 1x1 conv on the moments (SD: yes, SD3/FLUX: no)
+    use_post_quant_conv: bool = True  # kl only
+    vq_embed_dim: int | None = None  # vq only: channels entering the quantizer (default latent_channels)
+    quantizer: dict = field(default_factory=dict)  # vq only: {kind: vq|fsq|lfq|gumbel|residual, **its options}
+
+    def __post_init__(self):
+        other = _VQ_ONLY if self.family == "kl" else _KL_ONLY
+        for name, untouched in other.items():
+            if getattr(self, name) != untouched:
+                raise ConfigError(f"config key 'model.{name}' does not apply to model.family={self.family}")
+        if len(self.block_out_channels) < 1:
+            raise ConfigError("config key 'model.block_out_channels' needs at least one level")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ConfigError(f"config key 'model.block_out_channels': {bad} not divisible by "
+                              f"model.norm_num_groups={self.norm_num_groups}")
+        if self.family == "vq":
+            from latentae.quantizers import check_quantizer_spec
+
+            check_quantizer_spec(self.quantizer, where="model.quantizer")
+
+    def model_kwargs(self) -> dict:
+        """Constructor arguments of the model class this config describes."""
+        from latentae.config import to_dict
+
+        kwargs = to_dict(self)
+        del kwargs["family"]
+        for name in (_VQ_ONLY if self.family == "kl" else _KL_ONLY):
+            del kwargs[name]
+        return kwargs

@@ -1,0 +1,16 @@
+"""What a training forward returns: the reconstruction and the bottleneck's own output."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from latentae.models.posterior import GaussianPosterior
+from latentae.quantizers.base import QuantizerOutput
+
+
+@dataclass
+class AutoencoderOutput:
+    reconstruction: Tensor  # [B, 3, H, W], same range as the input ([-1, 1])
+    posterior: GaussianPosterior | None = None  # KL models
+    quant: QuantizerOutput | None = None  # VQ models

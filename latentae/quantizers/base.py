@@ -1,0 +1,95 @@
+"""What every quantizer shares: the uniform return, usage tracking, and rank-safe collectives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: Tensor  # [B, D, H, W], straight-through: forward value is the code, gradient reaches the input
+    indices: Tensor  # [B, H, W] int64 ([B, H, W, S] for S residual stages)
+    losses: dict[str, Tensor] = field(default_factory=dict)  # already weighted; their sum is the bottleneck loss
+    stats: dict[str, Tensor] = field(default_factory=dict)  # detached scalars for logging
+
+    @property
+    def loss(self) -> Tensor:
+        return sum(self.losses.values(), self.quantized.new_zeros(()))
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum over ranks (in place on a copy). A no-op single-process; every rank must call it."""
+    t = t.clone()
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_from_rank0(t: Tensor) -> Tensor:
+    """Rank 0's value on every rank. Every rank must call it with a tensor of the same shape."""
+    t = t.contiguous()
+    if is_distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+def flatten_channels_last(z: Tensor) -> Tensor:
+    """[B, D, H, W] -> [B*H*W, D]."""
+    return z.movedim(1, -1).reshape(-1, z.shape[1])
+
+
+def unflatten_channels_last(flat: Tensor, shape: torch.Size) -> Tensor:
+    """[B*H*W, D] -> [B, D, H, W] for the spatial shape of `shape` ([B, *, H, W])."""
+    b, _, h, w = shape
+    return flat.reshape(b, h, w, -1).movedim(-1, 1)
+
+
+def code_distribution_stats(counts: Tensor) -> dict[str, Tensor]:
+    """Perplexity and entropy (bits) of the code histogram `counts` [K]."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum()
+    return {"perplexity": torch.exp2(entropy), "entropy": entropy}
+
+
+class UsageTracker(nn.Module):
+    """Fraction of the codebook used within the last `window` training forwards.
+
+    Keeps, per code, the forward count at which it was last chosen (a buffer, so it is checkpointed). Counts
+    are all-reduced so every rank reports the global usage; the same collective runs on every rank every
+    training forward, so it cannot hang.
+    """
+
+    def __init__(self, codebook_size: int, window: int = 100):
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.window = window
+        self.register_buffer("last_used", torch.full((codebook_size,), -(2**62), dtype=torch.long))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, indices: Tensor) -> dict[str, Tensor]:
+        counts = torch.bincount(indices.reshape(-1), minlength=self.codebook_size)
+        if self.training:
+            counts = all_reduce_sum(counts)
+            self.calls += 1
+            self.last_used[counts > 0] = self.calls
+        stats = code_distribution_stats(counts)
+        recent = (self.calls - self.last_used) < self.window
+        stats["usage"] = recent.float().mean() if self.training else (counts > 0).float().mean()
+        return stats
+
+
+class Quantizer(nn.Module):
+    """Base class: forward(z [B, D, H, W]) -> QuantizerOutput; indices_to_codes(indices) -> [B, D, H, W]."""
+
+    codebook_size: int
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        raise NotImplementedError

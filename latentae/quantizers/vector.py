@@ -1,0 +1,233 @@
+"""Vector quantization (VQ-VAE / VQGAN / LlamaGen): nearest-code lookup with a straight-through gradient.
+
+Losses follow the VQ-VAE paper: `beta` weighs the commitment term that pulls the encoder towards its code, and
+the codebook term is unweighted. (taming / LDM / diffusers' default "legacy" loss puts beta on the codebook term
+instead.) The codebook is `embedding` (an `nn.Embedding`, the name diffusers' VQModel uses), so weights map 1:1.
+
+Distributed training: everything that synchronizes (EMA statistics, dead-code restart, k-means init) runs only
+in training mode and issues the same collectives on every rank whatever the data: counts are all-reduced every
+training forward, and whatever depends on them (how many codes to restart) is then identical on all ranks;
+random choices are made on rank 0 and broadcast.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentae.config import ConfigError
+from latentae.quantizers.base import (
+    Quantizer,
+    QuantizerOutput,
+    UsageTracker,
+    all_reduce_sum,
+    broadcast_from_rank0,
+    flatten_channels_last,
+    is_distributed,
+    unflatten_channels_last,
+)
+from latentae.quantizers.kmeans import kmeans
+
+LAPLACE_EPS = 1e-5  # additive smoothing of EMA cluster sizes: a code nobody picks is never divided by zero
+
+
+def full_precision(z: Tensor) -> torch.autocast:
+    """Context that turns autocast off: distances, losses and codebook statistics are computed in fp32."""
+    return torch.autocast(device_type=z.device.type, enabled=False)
+
+
+def project(layer: nn.Linear | None, x: Tensor) -> Tensor:
+    """An optional projection of fp32 rows `x`; a model cast to half precision projects in its own precision."""
+    if layer is None:
+        return x
+    return layer(x.to(layer.weight.dtype)).float()
+
+
+def check_input(z: Tensor, dim: int) -> None:
+    if z.ndim != 4 or z.shape[1] != dim:
+        raise ValueError(f"quantizer expects z of shape [B, {dim}, H, W], got {tuple(z.shape)}")
+
+
+def _is_rank0() -> bool:
+    return not is_distributed() or dist.get_rank() == 0
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-neighbour quantizer: forward(z [B, dim, H, W]) -> QuantizerOutput with indices [B, H, W]."""
+
+    def __init__(
+        self,
+        dim: int,  # channels of the input z [B, dim, H, W]
+        *,
+        codebook_size: int = 1024,  # number of codes
+        codebook_dim: int | None = None,  # code width (None: dim); otherwise Linear project_in/out around lookup
+        beta: float = 0.25,  # weight of the commitment term (pulls the encoder output towards its code)
+        l2_normalize: bool = False,  # unit-norm inputs and codes, i.e. cosine-similarity lookup (LlamaGen)
+        ema_decay: float | None = None,  # None: codebook learned by gradient; a float: EMA updates, no gradient
+        dead_code_threshold: float = 0.0,  # restart codes whose decayed usage (per forward) falls below; 0: off
+        kmeans_init: bool = False,  # initialize the codebook by k-means on the first training batch
+        kmeans_iters: int = 10,  # Lloyd iterations of that k-means
+        usage_window: int = 100,  # training forwards over which usage is measured (stats and dead-code decay)
+    ):
+        super().__init__()
+        codebook_dim = dim if codebook_dim is None else codebook_dim
+        for name, value in (("dim", dim), ("codebook_size", codebook_size), ("codebook_dim", codebook_dim),
+                            ("usage_window", usage_window)):
+            if value < 1:
+                raise ConfigError(f"quantizer option '{name}' must be a positive integer, got {value}")
+        if beta < 0:
+            raise ConfigError(f"quantizer option 'beta' must be >= 0, got {beta}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"quantizer option 'ema_decay' must be in (0, 1) or null, got {ema_decay}")
+        if dead_code_threshold < 0:
+            raise ConfigError(f"quantizer option 'dead_code_threshold' must be >= 0, got {dead_code_threshold}")
+        if kmeans_iters < 0:
+            raise ConfigError(f"quantizer option 'kmeans_iters' must be >= 0, got {kmeans_iters}")
+
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.beta = beta
+        self.l2_normalize = l2_normalize
+        self.ema_decay = ema_decay
+        self.dead_code_threshold = dead_code_threshold
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.usage_decay = 1.0 - 1.0 / usage_window  # decayed usage counts average over ~usage_window forwards
+
+        # Plain Linear with bias: export folds them into VQModel's quant_conv / post_quant_conv.
+        self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else None
+        self.project_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else None
+        self.embedding = nn.Embedding(codebook_size, codebook_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        self.tracker = UsageTracker(codebook_size, usage_window)
+
+        if ema_decay is not None:
+            self.embedding.weight.requires_grad_(False)
+            # Every code starts with a pseudo-count of one assignment at its current value, so the first EMA
+            # updates do not blow up codes nobody has picked yet (sum / tiny count).
+            self.register_buffer("ema_cluster_size", torch.ones(codebook_size))
+            self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())
+        if dead_code_threshold > 0:
+            # Starting at the threshold: codes the first batch leaves unused are restarted right away.
+            self.register_buffer("usage_count", torch.full((codebook_size,), float(dead_code_threshold)))
+        if kmeans_init:
+            self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    # -- codebook access --------------------------------------------------------------------------------------
+
+    def codebook(self) -> Tensor:
+        """The codebook [codebook_size, codebook_dim] as used for lookup (unit-norm rows with l2_normalize),
+        detached, fp32. This is what an exported VQModel's `quantize.embedding.weight` must hold."""
+        weight = self.embedding.weight.detach().float()
+        return F.normalize(weight, dim=1) if self.l2_normalize else weight
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Codes [*, codebook_dim] (fp32) for `indices` [*], with a gradient to the codebook when it is learned."""
+        code = F.embedding(indices, self.embedding.weight.float())
+        return F.normalize(code, dim=-1) if self.l2_normalize else code
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """indices [B, H, W] -> codes [B, dim, H, W] after project_out; equal to forward's quantized value."""
+        if indices.ndim != 3:
+            raise ValueError(f"indices_to_codes expects indices of shape [B, H, W], got {tuple(indices.shape)}")
+        b, h, w = indices.shape
+        with full_precision(indices):
+            codes = project(self.project_out, self.lookup(indices.reshape(-1)))
+        return unflatten_channels_last(codes, (b, -1, h, w)).to(self.embedding.weight.dtype)
+
+    # -- the quantization step, shared with ResidualVQ ----------------------------------------------------------
+
+    def quantize_flat(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Quantize fp32 rows `x` [N, codebook_dim] (already projected).
+
+        Returns (xc, code, indices, losses): xc is x as compared with the codes (unit-norm with l2_normalize),
+        code [N, codebook_dim] the selected codes, indices [N] int64, losses the weighted VQ terms.
+        """
+        xc = F.normalize(x, dim=1) if self.l2_normalize else x
+        if self.kmeans_init and self.training and not bool(self.initialized):
+            self._kmeans_init(xc.detach())
+        with torch.no_grad():
+            # cdist on x itself, as diffusers' VQModel computes it on its quant_conv output, so exported models
+            # pick the same tokens. With unit-norm codes the Euclidean argmin equals the cosine argmax of xc.
+            indices = torch.cdist(x.detach(), self.codebook()).argmin(dim=1)
+        code = self.lookup(indices)
+        losses = {"commitment": self.beta * F.mse_loss(xc, code.detach())}
+        if self.ema_decay is None:
+            losses["codebook"] = F.mse_loss(code, xc.detach())
+        return xc, code, indices, losses
+
+    @torch.no_grad()
+    def update_codebook(self, x: Tensor, indices: Tensor) -> None:
+        """Training-time maintenance from this forward's rows `x` [N, codebook_dim] (as compared with codes) and
+        their `indices` [N]: EMA update, decayed usage counts, dead-code restart. One all-reduce per call on every
+        rank, then a broadcast only when (all-reduced, hence rank-independent) usage says codes are dead."""
+        if self.ema_decay is None and self.dead_code_threshold == 0:
+            return
+        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        if self.ema_decay is not None:
+            sums = torch.zeros(self.codebook_size, x.shape[1], device=x.device).index_add_(0, indices, x)
+            reduced = all_reduce_sum(torch.cat([counts.unsqueeze(1), sums], dim=1))
+            counts, sums = reduced[:, 0], reduced[:, 1:]
+            self._ema_update(counts, sums)
+        else:
+            counts = all_reduce_sum(counts)
+        if self.dead_code_threshold > 0:
+            self._restart_dead_codes(x, counts)
+
+    def _ema_update(self, counts: Tensor, sums: Tensor) -> None:
+        d = self.ema_decay
+        self.ema_cluster_size.mul_(d).add_(counts, alpha=1 - d)
+        self.ema_embed_sum.mul_(d).add_(sums, alpha=1 - d)
+        total = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + LAPLACE_EPS) / (total + self.codebook_size * LAPLACE_EPS) * total
+        self.embedding.weight.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
+
+    def _restart_dead_codes(self, x: Tensor, counts: Tensor) -> None:
+        self.usage_count.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        dead = self.usage_count < self.dead_code_threshold
+        n_dead = int(dead.sum())  # the same on every rank: derived from all-reduced counts
+        if n_dead == 0:
+            return
+        n = x.shape[0]
+        if n_dead <= n:
+            rows = torch.randperm(n, device=x.device)[:n_dead]
+        else:  # more dead codes than rows in this batch: some restart to the same row
+            rows = torch.randint(n, (n_dead,), device=x.device)
+        fresh = broadcast_from_rank0(x[rows].float())  # rank 0's rows, so every rank restarts to the same codes
+        self._set_codes(dead, fresh)
+        self.usage_count[dead] = self.dead_code_threshold  # a restarted code must be picked soon or move again
+
+    def _kmeans_init(self, x: Tensor) -> None:
+        if _is_rank0():
+            centroids = kmeans(x, self.codebook_size, iters=self.kmeans_iters, spherical=self.l2_normalize)
+        else:
+            centroids = x.new_empty(self.codebook_size, self.codebook_dim, dtype=torch.float32)
+        centroids = broadcast_from_rank0(centroids)
+        self._set_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=x.device), centroids)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _set_codes(self, mask: Tensor, codes: Tensor) -> None:
+        """Overwrite the codes selected by `mask` (EMA statistics restart from one pseudo-assignment)."""
+        self.embedding.weight[mask] = codes.to(self.embedding.weight.dtype)
+        if self.ema_decay is not None:
+            self.ema_cluster_size[mask] = 1.0
+            self.ema_embed_sum[mask] = codes
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        check_input(z, self.dim)
+        b, _, h, w = z.shape
+        with full_precision(z):
+            x = project(self.project_in, flatten_channels_last(z.float()))
+            xc, code, indices, losses = self.quantize_flat(x)
+            if self.training:
+                self.update_codebook(xc.detach(), indices)
+            stats = self.tracker.update(indices)
+            # Straight-through: the forward value is exactly the code, the gradient reaches xc as identity.
+            quantized = project(self.project_out, code.detach() + (xc - xc.detach()))
+        quantized = unflatten_channels_last(quantized, z.shape).to(z.dtype)
+        return QuantizerOutput(quantized, indices.view(b, h, w), losses, stats)

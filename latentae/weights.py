@@ -1,0 +1,165 @@
+"""Every pretrained weight file latentae may need, and where each one is found.
+
+`resolve(name)` looks, in order, at an explicitly configured path, at torch's hub cache
+(`torch.hub.get_dir()/checkpoints`, i.e. `$TORCH_HOME/hub/checkpoints`, the directory torchvision and
+torch-fidelity download into), then tries one download with a short timeout. When all of that fails it raises
+MissingWeightsError with a single message saying which file, where to put it, where to get it, and what to do
+without it. `latentae fetch-weights` downloads everything ahead of time for clusters whose compute nodes are
+offline.
+
+The LPIPS linear heads ship inside the `lpips` package, so they are only checked, never downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from latentae.errors import LatentaeError, MissingWeightsError
+
+DOWNLOAD_TIMEOUT_S = 20  # per connect / read: fail fast on an offline node instead of hanging
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # registry key (`latentae fetch-weights --only NAME`)
+    filename: str  # file name inside the checkpoints directory (torchvision's / torch-fidelity's own)
+    url: str | None  # None: the file ships inside a Python package (`package_path`)
+    used_for: str  # what needs it, and how to run without it (goes into the error message)
+    sha256_prefix: str | None = None  # torchvision names its files after their sha256's first 8 hex digits
+    package_path: tuple[str, str] | None = None  # (package, path inside it) for files shipped in a package
+
+
+_LPIPS_HINT = "LPIPS (set loss.perceptual_weight=0 to train without it)"
+
+REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
+    WeightFile("vgg16", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
+               f"the VGG16 trunk of {_LPIPS_HINT}", sha256_prefix="397923af"),
+    WeightFile("alexnet", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+               "the AlexNet trunk of LPIPS-alex (loss with loss.perceptual_net=alex, and the LPIPS metric; set "
+               "loss.perceptual_weight=0 to train without it)", sha256_prefix="7be5be79"),
+    WeightFile("lpips-vgg", "vgg.pth", None, f"the linear heads of {_LPIPS_HINT}",
+               package_path=("lpips", "weights/v0.1/vgg.pth")),
+    WeightFile("lpips-alex", "alex.pth", None, "the linear heads of the LPIPS-alex metric and loss",
+               package_path=("lpips", "weights/v0.1/alex.pth")),
+    WeightFile("inception", "weights-inception-2015-12-05-6726825d.pth",
+               "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+               "weights-inception-2015-12-05-6726825d.pth",
+               "the Inception network of FID (evaluation only)"),
+]}
+
+
+def checkpoints_dir() -> Path:
+    """Where torchvision and torch-fidelity download to: `$TORCH_HOME/hub/checkpoints`."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def entry(name: str) -> WeightFile:
+    if name not in REGISTRY:
+        raise LatentaeError(f"unknown weight file '{name}'; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _package_file(w: WeightFile) -> Path:
+    import importlib.util
+
+    package, inner = w.package_path
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeightsError(f"{w.filename} ({w.used_for}) ships with the '{package}' package, which is "
+                                  f"not installed: pip install {package}")
+    path = Path(list(spec.submodule_search_locations)[0]) / inner
+    if not path.is_file():
+        raise MissingWeightsError(f"{w.filename} ({w.used_for}) is missing from the '{package}' package at "
+                                  f"{path}: reinstall it (pip install --force-reinstall {package})")
+    return path
+
+
+def _download(url: str, dest: Path, *, sha256_prefix: str | None, progress: bool) -> None:
+    """Download to a temporary file beside `dest`, check the hash, then rename (no half-written `dest`)."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
+    sha = hashlib.sha256()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "latentae"})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                      disable=not progress) as bar:
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
+                    sha.update(chunk)
+                    bar.update(len(chunk))
+        if sha256_prefix and not sha.hexdigest().startswith(sha256_prefix):
+            raise OSError(f"sha256 {sha.hexdigest()[:8]}... does not start with {sha256_prefix} (corrupt download)")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _missing(w: WeightFile, directory: Path, reason: str) -> MissingWeightsError:
+    return MissingWeightsError(
+        f"pretrained weights '{w.filename}' not found and could not be downloaded ({reason}). They are needed "
+        f"for {w.used_for}. Put the file in {directory}/ (download it from {w.url}), or run "
+        f"`latentae fetch-weights --only {w.name}` on a machine with internet access and copy it there.")
+
+
+def resolve(
+    name: str,  # a REGISTRY key: vgg16, alexnet, lpips-vgg, lpips-alex, inception
+    local_path: str | Path | None = None,  # explicitly configured file; must exist when given
+    *,
+    directory: str | Path | None = None,  # where to look / download (default: torch hub checkpoints dir)
+    download: bool = True,  # False: only look, never touch the network
+    progress: bool = True,  # progress bar while downloading (stderr)
+) -> Path:
+    """Path of the weight file `name`; raises MissingWeightsError (one message) when it cannot be had."""
+    w = entry(name)
+    if local_path is not None:
+        path = Path(local_path).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(f"configured weight file for {w.used_for} does not exist: {path} "
+                                      f"(expected a copy of {w.filename})")
+        return path
+    if w.package_path is not None:
+        return _package_file(w)
+    directory = Path(directory).expanduser() if directory is not None else checkpoints_dir()
+    path = directory / w.filename
+    if path.is_file():
+        return path
+    if not download:
+        raise _missing(w, directory, "downloads disabled")
+    try:
+        _download(w.url, path, sha256_prefix=w.sha256_prefix, progress=progress)
+    except (OSError, ValueError) as e:  # URLError, timeouts, refused connections and hash mismatches are OSErrors
+        raise _missing(w, directory, f"{type(e).__name__}: {e}") from None
+    return path
+
+
+def fetch_all(
+    names: list[str] | None = None,  # default: every registry entry
+    *,
+    directory: str | Path | None = None,
+    report: Callable[[str], None] = print,
+) -> list[str]:
+    """Resolve (downloading where needed) each file; report one line per file. Returns the names that failed."""
+    failed = []
+    for name in names or list(REGISTRY):
+        w = entry(name)
+        try:
+            path = resolve(name, directory=directory)
+        except MissingWeightsError as e:
+            failed.append(name)
+            report(f"FAILED {name}: {e}")
+            continue
+        where = f"ships with {w.package_path[0]}" if w.package_path else "cached"
+        report(f"ok     {name}: {path} ({path.stat().st_size / 2**20:.2f} MiB, {where})")
+    return failed
+
