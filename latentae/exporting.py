@@ -79,7 +79,7 @@ def vq_to_diffusers(model: VQTokenizer) -> VQModel:
     if spec.get("kind") != "vq":
         raise ModelFormatError(f"a {spec.get('kind')!r} quantizer has no VQModel equivalent; "
                                "export writes latentae's own format for it")
-    q = model.quantizer
+    q = model.quantize
     config = {k: v for k, v in model.config.items() if k not in _DIFFUSERS_INTERNAL + ("quantizer", "vq_embed_dim")}
     vq = VQModel(**config, **_arch(config), num_vq_embeddings=q.codebook_size,
                  vq_embed_dim=q.embedding.weight.shape[1], norm_type="group", lookup_from_codebook=True)
@@ -103,10 +103,8 @@ def vq_from_diffusers(vq: VQModel, quantizer_options: dict | None = None) -> VQT
     init["quantizer"] = {"kind": "vq", "codebook_size": vq.config["num_vq_embeddings"], **(quantizer_options or {})}
     init["vq_embed_dim"] = vq.config.get("vq_embed_dim") or vq.config["latent_channels"]
     model = VQTokenizer(**init)
-    state = dict(vq.state_dict())
-    state["quantizer.embedding.weight"] = state.pop("quantize.embedding.weight")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("quantizer.") for k in missing):
+    missing, unexpected = model.load_state_dict(vq.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("quantize.") for k in missing):  # usage/EMA buffers start fresh
         raise ModelFormatError(f"VQModel weights do not fit: missing {missing}, unexpected {unexpected}")
     return model
 

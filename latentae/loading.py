@@ -64,11 +64,9 @@ def load_ldm_checkpoint(path: Path, **overrides):
     arch.update(overrides)
     model = build_model(ModelConfig(**arch))
     weights = ldm.ldm_to_diffusers(state)
-    if isinstance(model, VQTokenizer):
-        weights["quantizer.embedding.weight"] = weights.pop("quantize.embedding.weight")
     weights = {k: v for k, v in weights.items() if not k.startswith("loss.")}  # LDM keeps its LPIPS/D in the file
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.startswith("quantizer.") or k.endswith("embedding.weight")]
+    missing = [k for k in missing if not k.startswith("quantize.") or k.endswith("embedding.weight")]
     if missing or unexpected:
         raise ModelFormatError(f"{path}: weights do not match the inferred architecture "
                                f"(missing {missing[:5]}, unexpected {unexpected[:5]})")

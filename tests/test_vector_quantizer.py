@@ -159,6 +159,15 @@ def test_kmeans_init_recovers_clusters(l2_normalize):
     assert torch.equal(vq.embedding.weight, before)
 
 
+def test_kmeans_init_with_fewer_rows_than_codes_uses_every_row():
+    torch.manual_seed(9)
+    x = torch.randn(6, 3)
+    vq = VectorQuantizer(3, codebook_size=10, kmeans_init=True)
+    vq(x.T.reshape(1, 3, 2, 3))
+    is_row = (vq.codebook()[:, None, :] == x[None]).all(-1)  # [codes, rows]
+    assert is_row.any(1).all() and is_row.any(0).all()  # every code is a row, every row is a code
+
+
 def test_l2_normalize_with_low_codebook_dim_is_cosine_lookup_on_the_sphere():
     torch.manual_seed(5)
     vq = VectorQuantizer(8, codebook_size=32, codebook_dim=3, l2_normalize=True)
@@ -207,6 +216,26 @@ def test_eval_forward_changes_no_state():
     before = {k: v.clone() for k, v in vq.state_dict().items()}
     vq.eval()(100 + torch.randn(2, 4, 4, 4))  # data that would restart every code in training
     assert all(torch.equal(before[k], v) for k, v in vq.state_dict().items())
+
+
+def test_loading_a_bare_codebook_keeps_it_for_fine_tuning():
+    torch.manual_seed(10)
+    codes = torch.randn(8, 4)
+    vq = VectorQuantizer(4, codebook_size=8, ema_decay=0.9, kmeans_init=True)
+    missing, _ = vq.load_state_dict({"embedding.weight": codes}, strict=False)  # e.g. from an exported VQModel
+    assert not any(k.startswith(("ema_", "initialized")) for k in missing)
+    assert bool(vq.initialized) and torch.equal(vq.ema_embed_sum, codes)
+    z = torch.randn(1, 4, 4, 4)
+    out = vq(z)  # no k-means over the loaded codes; EMA moves only codes this batch used
+    used = torch.zeros(8, dtype=torch.bool)
+    used[out.indices.unique()] = True
+    assert out.indices.reshape(-1).tolist() == torch.cdist(flatten_channels_last(z), codes).argmin(1).tolist()
+    torch.testing.assert_close(vq.embedding.weight[~used], codes[~used], rtol=1e-4, atol=1e-4)
+    # a full training checkpoint keeps its own statistics
+    state = vq.state_dict()
+    fresh = VectorQuantizer(4, codebook_size=8, ema_decay=0.9, kmeans_init=True)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ema_embed_sum, state["ema_embed_sum"])
 
 
 def test_autocast_keeps_losses_in_fp32_and_output_in_input_dtype():

@@ -25,6 +25,7 @@ import random
 from itertools import islice
 from typing import Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -33,7 +34,7 @@ from latentae.data.config import DEFAULT_MAX_PIXELS, DataConfig
 from latentae.data.decode import decode_image, pick_image
 from latentae.data.skips import SkipCounter, SkipSample
 from latentae.data.sources import Source, expand_sources, iter_samples, source_for
-from latentae.data.transforms import prepare_image
+from latentae.data.transforms import prepare_array, prepare_image
 from latentae.errors import LatentaeError
 
 # A training stream that drops this many samples (or opens this many empty sources) in a row is
@@ -59,9 +60,10 @@ def _decoder(cfg: DataConfig) -> SampleDecoder:
     return SampleDecoder(resolution=cfg.resolution, max_pixels=cfg.max_pixels, small_images=cfg.small_images)
 
 
-def _batch(images: list[torch.Tensor], keys: list[str], skipped: dict[str, int], resolution: int) -> dict:
-    image = torch.stack(images) if images else torch.empty(0, 3, resolution, resolution)
-    return {"image": image, "key": keys, "skipped": skipped}
+def _batch(images: list[np.ndarray], keys: list[str], skipped: dict[str, int], resolution: int) -> dict:
+    # np.stack, not torch.stack: see transforms.to_array
+    image = np.stack(images) if images else np.empty((0, 3, resolution, resolution), np.float32)
+    return {"image": torch.from_numpy(image), "key": keys, "skipped": skipped}
 
 
 def _worker() -> tuple[int, int]:
@@ -156,7 +158,7 @@ class TrainStream(IterableDataset):
                 switch.target = skipped
                 for _ in range(offset, self.chunk_batches):
                     items = [next(samples) for _ in range(self.batch_size)]
-                    images = [prepare_image(img, self.resolution, random_crop=self.random_crop, hflip=self.hflip,
+                    images = [prepare_array(img, self.resolution, random_crop=self.random_crop, hflip=self.hflip,
                                             rng=random.Random(aug_seed)) for _, img, aug_seed in items]
                     yield _batch(images, [key for key, _, _ in items], skipped.delta(), self.resolution)
             finally:
@@ -185,7 +187,7 @@ class EvalStream(IterableDataset):
     def batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict]:
         mine = self.sources[self.rank + self.world_size * worker:: self.world_size * num_workers]
         skipped = SkipCounter()
-        images: list[torch.Tensor] = []
+        images: list[np.ndarray] = []
         keys: list[str] = []
         for source in mine:
             for sample in iter_samples(source, skipped):
@@ -194,7 +196,7 @@ class EvalStream(IterableDataset):
                 except SkipSample as e:
                     skipped.add(e.reason, f"{sample['__url__']}:{sample['__key__']}", e.detail)
                     continue
-                images.append(prepare_image(img, self.resolution))
+                images.append(prepare_array(img, self.resolution))
                 keys.append(sample["__key__"])
                 if len(images) == self.batch_size:
                     yield _batch(images, keys, skipped.delta(), self.resolution)

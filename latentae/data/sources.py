@@ -125,11 +125,14 @@ def tar_index(path: str) -> tuple[tuple[tuple[str, tuple[tuple[str, int, int], .
     samples: list[tuple[str, list[tuple[str, int, int]]]] = []
     error = None
     try:
+        end = os.path.getsize(path)
         with tarfile.open(path, mode="r:") as tf:  # header index only: member data is seeked over
             while True:
                 info = tf.next()
                 if info is None:
                     break
+                if info.offset_data + info.size > end:
+                    raise tarfile.ReadError(f"archive ends inside member {info.name}")
                 if not info.isreg() or _META.match(info.name):
                     continue
                 prefix, suffix = base_plus_ext(info.name)
@@ -168,15 +171,16 @@ def _iter_local_tar(path: str, start: float, skipped: SkipCounter) -> Iterator[d
 def _iter_stream(url: str, skipped: SkipCounter) -> Iterator[dict]:
     def handler(exn: Exception) -> bool:
         skipped.add("read_error", url, f"{type(exn).__name__}: {exn}")
-        return True  # keep going: drop what failed
+        return False  # stop this stream: after a broken member the rest of a tar stream is unreadable too
 
     yield from tarfile_samples([{"url": url}], handler=handler)
 
 
 def iter_samples(source: Source, skipped: SkipCounter, start: float = 0.0) -> Iterator[dict]:
     """Raw samples of one source in stored order. `start` in [0, 1) begins a local tar at that fraction of
-    its samples and wraps around (other tars always begin at their first sample). Read failures are counted
-    in `skipped` as read_error and end or skip the affected part; nothing raises."""
+    its samples and wraps around (other tars always begin at their first sample). A read failure (missing
+    file, truncated or corrupt archive) is counted once in `skipped` as read_error and ends the source
+    there, keeping the samples before it; nothing raises."""
     if source.is_image:
         try:
             with open(source.url, "rb") as f:

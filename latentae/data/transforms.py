@@ -13,32 +13,44 @@ import torch
 from PIL import Image
 
 
-def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Scale so that min(width, height) == size, keeping the aspect ratio (upscales small images)."""
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    if w <= h:
-        new = (size, max(size, round(h * size / w)))
-    else:
-        new = (max(size, round(w * size / h)), size)
-    return img.resize(new, Image.Resampling.BICUBIC)
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) scaled so that the shorter side is `size`, keeping the aspect ratio."""
+    if width <= height:
+        return size, max(size, round(height * size / width))
+    return max(size, round(width * size / height)), size
 
 
-def crop_square(img: Image.Image, size: int, rng: random.Random | None = None) -> Image.Image:
-    """A size x size crop: centered, or uniformly placed when `rng` is given. Needs both sides >= size."""
+def resize_crop(img: Image.Image, size: int, rng: random.Random | None = None) -> Image.Image:
+    """Resize so the shorter side is `size` (bicubic; upscales small images), then take a size x size crop:
+    centered, or uniformly placed when `rng` is given. One resampling pass over the crop only: the same
+    pixels as resizing the whole image and cropping, for less work."""
     w, h = img.size
+    rw, rh = shorter_side_size(w, h, size)
     if rng is None:
-        left, top = (w - size) // 2, (h - size) // 2
+        left, top = (rw - size) // 2, (rh - size) // 2
     else:
-        left, top = rng.randint(0, w - size), rng.randint(0, h - size)
-    return img.crop((left, top, left + size, top + size))
+        left, top = rng.randint(0, rw - size), rng.randint(0, rh - size)
+    if (rw, rh) == (w, h):
+        return img.crop((left, top, left + size, top + size))
+    sx, sy = rw / w, rh / h
+    return img.resize((size, size), Image.Resampling.BICUBIC,
+                      box=(left / sx, top / sy, (left + size) / sx, (top + size) / sy))
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    """8-bit RGB image -> float32 [3, H, W] in [-1, 1], as a numpy array.
+
+    numpy, not torch: torch's intra-op threads stall badly when decoding processes share the CPUs.
+    """
+    out = np.empty((3, img.height, img.width), dtype=np.float32)
+    np.divide(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), np.float32(127.5), out=out, dtype=np.float32)
+    out -= 1.0
+    return out
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
-    """8-bit RGB image -> float32 [3, H, W] in [-1, 1]."""
-    arr = np.array(img, dtype=np.uint8)  # a copy: torch wants a writable buffer
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    """8-bit RGB image -> float32 tensor [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(to_array(img))
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -47,9 +59,9 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy())
 
 
-def prepare_image(img: Image.Image, resolution: int | None, *, random_crop: bool = False, hflip: bool = False,
-                  rng: random.Random | None = None) -> torch.Tensor:
-    """RGB image -> [3, R, R] tensor in [-1, 1] (the whole image, unresized, when resolution is None).
+def prepare_array(img: Image.Image, resolution: int | None, *, random_crop: bool = False, hflip: bool = False,
+                  rng: random.Random | None = None) -> np.ndarray:
+    """RGB image -> float32 [3, R, R] in [-1, 1] (the whole image, unresized, when resolution is None).
 
     random_crop / hflip draw from `rng`, which is then required: the caller owns the randomness so a
     stream can be replayed exactly.
@@ -57,7 +69,13 @@ def prepare_image(img: Image.Image, resolution: int | None, *, random_crop: bool
     if (random_crop or hflip) and rng is None:
         raise ValueError("random_crop and hflip need an rng")
     if resolution is not None:
-        img = crop_square(resize_shorter(img, resolution), resolution, rng if random_crop else None)
+        img = resize_crop(img, resolution, rng if random_crop else None)
     if hflip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return to_tensor(img)
+    return to_array(img)
+
+
+def prepare_image(img: Image.Image, resolution: int | None, *, random_crop: bool = False, hflip: bool = False,
+                  rng: random.Random | None = None) -> torch.Tensor:
+    """prepare_array as a torch tensor. Evaluation protocol: `prepare_image(img, resolution)`."""
+    return torch.from_numpy(prepare_array(img, resolution, random_crop=random_crop, hflip=hflip, rng=rng))

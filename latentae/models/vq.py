@@ -38,12 +38,12 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         dim = vq_embed_dim or latent_channels
         self.encoder = make_encoder(in_channels=in_channels, out_channels=latent_channels, double_z=False, **common)
         self.quant_conv = nn.Conv2d(latent_channels, dim, 1)
-        self.quantizer = build_quantizer(dim, quantizer or {"kind": "vq"})
+        self.quantize = build_quantizer(dim, quantizer or {"kind": "vq"})  # VQModel's name: codebook keys match
         self.post_quant_conv = nn.Conv2d(dim, latent_channels, 1)
         self.decoder = make_decoder(in_channels=latent_channels, out_channels=out_channels, **common)
 
     def _quantize(self, images: Tensor):
-        return self.quantizer(self.quant_conv(self.encoder(images)))
+        return self.quantize(self.quant_conv(self.encoder(images)))
 
     def encode(self, images: Tensor) -> Tensor:
         """Images in [-1, 1] -> quantized latents [B, vq_embed_dim, h, w] (what `decode` takes)."""
@@ -57,7 +57,7 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         return self.decoder(self.post_quant_conv(latents))
 
     def detokenize(self, indices: Tensor) -> Tensor:
-        return self.decode(self.quantizer.indices_to_codes(indices))
+        return self.decode(self.quantize.indices_to_codes(indices))
 
     def forward(self, images: Tensor) -> AutoencoderOutput:
         quant = self._quantize(images)

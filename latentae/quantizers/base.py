@@ -40,6 +40,37 @@ def broadcast_from_rank0(t: Tensor) -> Tensor:
     return t
 
 
+def full_precision(z: Tensor) -> torch.autocast:
+    """Context that turns autocast off: distances, losses and codebook statistics are computed in fp32."""
+    return torch.autocast(device_type=z.device.type, enabled=False)
+
+
+def project(layer: nn.Linear | None, x: Tensor) -> Tensor:
+    """An optional projection of fp32 rows `x`; a model cast to half precision projects in its own precision."""
+    if layer is None:
+        return x
+    return layer(x.to(layer.weight.dtype)).float()
+
+
+def check_input(z: Tensor, dim: int) -> None:
+    if z.ndim != 4 or z.shape[1] != dim:
+        raise ValueError(f"quantizer expects z of shape [B, {dim}, H, W], got {tuple(z.shape)}")
+
+
+def check_indices(indices: Tensor) -> None:
+    if indices.ndim != 3:
+        raise ValueError(f"indices_to_codes expects indices of shape [B, H, W], got {tuple(indices.shape)}")
+
+
+def straight_through(value: Tensor, source: Tensor) -> Tensor:
+    """`value` in the forward pass, identity gradient to `source`.
+
+    Written as value + (source - source.detach()) rather than source + (value - source).detach(): the added
+    term is exactly zero, so the forward value is bit-identical to `value` (which indices_to_codes relies on).
+    """
+    return value.detach() + (source - source.detach())
+
+
 def flatten_channels_last(z: Tensor) -> Tensor:
     """[B, D, H, W] -> [B*H*W, D]."""
     return z.movedim(1, -1).reshape(-1, z.shape[1])

@@ -16,24 +16,18 @@ from latentae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
     UsageTracker,
+    check_indices,
+    check_input,
     flatten_channels_last,
+    full_precision,
+    project,
+    straight_through,
     unflatten_channels_last,
 )
-from latentae.quantizers.vector import check_input, full_precision, project
 
 
-def straight_through(value: Tensor, source: Tensor) -> Tensor:
-    """`value` in the forward pass, identity gradient to `source`.
-
-    Written as value + (source - source.detach()) rather than source + (value - source).detach(): the added
-    term is exactly zero, so the forward value is bit-identical to `value` (which indices_to_codes relies on).
-    """
-    return value.detach() + (source - source.detach())
 
 
-def check_indices(indices: Tensor) -> None:
-    if indices.ndim != 3:
-        raise ValueError(f"indices_to_codes expects indices of shape [B, H, W], got {tuple(indices.shape)}")
 
 
 class FSQ(Quantizer):

@@ -17,12 +17,14 @@ from latentae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
     UsageTracker,
+    check_indices,
+    check_input,
     flatten_channels_last,
+    full_precision,
+    project,
+    straight_through,
     unflatten_channels_last,
 )
-from latentae.quantizers.fsq import check_indices
-from latentae.quantizers.fsq import straight_through as hard_forward_soft_backward
-from latentae.quantizers.vector import check_input, full_precision, project
 
 
 class GumbelQuantizer(Quantizer):
@@ -99,7 +101,7 @@ class GumbelQuantizer(Quantizer):
                 soft = F.softmax((logits + gumbels) / tau, dim=-1)
                 if self.straight_through:
                     hard = F.one_hot(soft.detach().argmax(-1), self.codebook_size).float()
-                    soft = hard_forward_soft_backward(hard, soft)
+                    soft = straight_through(hard, soft)
                 vectors = soft @ self.embed.weight.float()
             else:
                 vectors = self._codes(indices)  # as in indices_to_codes, so that reproduces it bit for bit

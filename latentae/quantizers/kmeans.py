@@ -10,6 +10,8 @@ def _seed(x: Tensor, k: int) -> Tensor:
     """k-means++: each new centroid is a point drawn with probability proportional to its squared distance to
     the nearest centroid so far. With fewer distinct points than k, the rest are drawn uniformly (duplicates)."""
     n = x.shape[0]
+    if n <= k:  # what k-means++ would pick anyway: every point, then uniform repeats
+        return x[torch.cat([torch.randperm(n, device=x.device), torch.randint(n, (k - n,), device=x.device)])]
     picks = torch.empty(k, dtype=torch.long, device=x.device)
     picks[0] = torch.randint(n, (1,), device=x.device)
     d2 = (x - x[picks[0]]).pow(2).sum(1)

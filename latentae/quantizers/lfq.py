@@ -17,11 +17,14 @@ from latentae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
     UsageTracker,
+    check_indices,
+    check_input,
     flatten_channels_last,
+    full_precision,
+    project,
+    straight_through,
     unflatten_channels_last,
 )
-from latentae.quantizers.fsq import check_indices, straight_through
-from latentae.quantizers.vector import check_input, full_precision, project
 
 
 def lfq_entropies(z: Tensor, temperature: float) -> tuple[Tensor, Tensor]:

@@ -14,10 +14,13 @@ from latentae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
     UsageTracker,
+    check_input,
     flatten_channels_last,
+    full_precision,
+    project,
     unflatten_channels_last,
 )
-from latentae.quantizers.vector import VectorQuantizer, check_input, full_precision, project
+from latentae.quantizers.vector import VectorQuantizer
 
 
 class ResidualVQ(Quantizer):

@@ -23,8 +23,12 @@ from latentae.quantizers.base import (
     UsageTracker,
     all_reduce_sum,
     broadcast_from_rank0,
+    check_input,
     flatten_channels_last,
+    full_precision,
     is_distributed,
+    project,
+    straight_through,
     unflatten_channels_last,
 )
 from latentae.quantizers.kmeans import kmeans
@@ -32,21 +36,10 @@ from latentae.quantizers.kmeans import kmeans
 LAPLACE_EPS = 1e-5  # additive smoothing of EMA cluster sizes: a code nobody picks is never divided by zero
 
 
-def full_precision(z: Tensor) -> torch.autocast:
-    """Context that turns autocast off: distances, losses and codebook statistics are computed in fp32."""
-    return torch.autocast(device_type=z.device.type, enabled=False)
 
 
-def project(layer: nn.Linear | None, x: Tensor) -> Tensor:
-    """An optional projection of fp32 rows `x`; a model cast to half precision projects in its own precision."""
-    if layer is None:
-        return x
-    return layer(x.to(layer.weight.dtype)).float()
 
 
-def check_input(z: Tensor, dim: int) -> None:
-    if z.ndim != 4 or z.shape[1] != dim:
-        raise ValueError(f"quantizer expects z of shape [B, {dim}, H, W], got {tuple(z.shape)}")
 
 
 def _is_rank0() -> bool:
@@ -114,6 +107,18 @@ class VectorQuantizer(Quantizer):
             self.register_buffer("usage_count", torch.full((codebook_size,), float(dead_code_threshold)))
         if kmeans_init:
             self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A codebook loaded without its training state (an exported model being fine-tuned) is already
+        # initialized: k-means must not overwrite it, and EMA statistics restart from it, not from random codes.
+        weight = state_dict.get(prefix + "embedding.weight")
+        if weight is not None:
+            if self.kmeans_init:
+                state_dict.setdefault(prefix + "initialized", torch.ones((), dtype=torch.bool))
+            if self.ema_decay is not None and prefix + "ema_embed_sum" not in state_dict:
+                state_dict[prefix + "ema_cluster_size"] = torch.ones(self.codebook_size)
+                state_dict[prefix + "ema_embed_sum"] = weight.float()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- codebook access --------------------------------------------------------------------------------------
 
@@ -228,6 +233,6 @@ class VectorQuantizer(Quantizer):
                 self.update_codebook(xc.detach(), indices)
             stats = self.tracker.update(indices)
             # Straight-through: the forward value is exactly the code, the gradient reaches xc as identity.
-            quantized = project(self.project_out, code.detach() + (xc - xc.detach()))
+            quantized = project(self.project_out, straight_through(code, xc))
         quantized = unflatten_channels_last(quantized, z.shape).to(z.dtype)
         return QuantizerOutput(quantized, indices.view(b, h, w), losses, stats)

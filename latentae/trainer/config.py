@@ -1,0 +1,64 @@
+"""The `train:` section and the whole run's config (model + loss + data + train + eval)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from latentae.config import ConfigError
+from latentae.data.config import DataConfig
+from latentae.losses.config import LossConfig
+from latentae.models.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # per process and micro-batch; global batch = batch_size x processes x grad_accum
+    grad_accum: int = 1  # micro-batches per optimizer step (both optimizers)
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 4.5e-6  # generator AdamW learning rate, used as given (never scaled by batch or GPU count)
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    disc_lr: float | None = None  # discriminator learning rate (None: same as lr)
+    disc_betas: tuple[float, float] | None = None  # (None: same as betas)
+    warmup_steps: int = 0  # linear warm-up from 0, then the schedule below
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0  # cosine: final lr = lr x min_lr_ratio
+    grad_clip: float | None = 1.0  # max global grad norm of the generator (None: no clipping)
+    disc_grad_clip: float | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; weights stay fp32 (fp16 adds loss scaling)
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = None  # weight EMA of the generator (exported instead of raw weights when set)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    resume: str | None = None  # "auto": newest checkpoint in output_dir if any; or a checkpoint path
+    log_every: int = 10
+    image_every: int = 200  # input / reconstruction / difference grids to TensorBoard (0: never)
+    max_consecutive_nan: int = 5  # non-finite losses in a row that stop the run (each one is skipped)
+    init_from: str | None = None  # fine-tune: any model latentae.load opens (diffusers dir, export, LDM file)
+    trainable: list[str] = field(default_factory=lambda: ["all"])  # parameter-name prefixes, e.g. [decoder]
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 500  # steps between evaluations on data.val (0: only at the end)
+    max_images: int = 64  # fixed validation subset (the first N images, center-cropped)
+    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lpips", "rfid"])  # unavailable ones
+    # (missing weights) are reported as such and skipped
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/latentae"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,60 @@
+"""Optimizers and learning-rate schedules: explicit rates, stepped once per optimizer step by the trainer."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from latentae.config import ConfigError
+from latentae.trainer.config import TrainConfig
+
+
+def select_trainable(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Freeze every parameter whose name starts with none of `prefixes` ("all": train everything).
+
+    Returns the trainable names. Frozen parameters get requires_grad False, so DDP and AdamW skip them and they
+    stay bit-identical (decoder-only fine-tuning keeps an existing latent space).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if prefixes != ["all"]:
+        for prefix in prefixes:
+            if not any(n.startswith(prefix) for n in names):
+                tops = sorted({n.split(".")[0] for n in names})
+                raise ConfigError(f"config key 'train.trainable': no parameter starts with {prefix!r} "
+                                  f"(top-level modules: {', '.join(tops)})")
+    trainable = []
+    for name, p in model.named_parameters():
+        keep = prefixes == ["all"] or any(name.startswith(prefix) for prefix in prefixes)
+        if not keep:
+            p.requires_grad_(False)
+        elif p.requires_grad:  # e.g. an EMA codebook stays frozen
+            trainable.append(name)
+    if not trainable:
+        raise ConfigError("config key 'train.trainable' leaves no trainable parameter")
+    return trainable
+
+
+def adamw(params, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at optimizer step `step`: linear warm-up, then constant or cosine."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizers(model: nn.Module, discriminator: nn.Module, cfg: TrainConfig):
+    """(generator optimizer, discriminator optimizer, their LambdaLR schedulers)."""
+    opt_g = adamw(model.parameters(), cfg.lr, cfg.betas, cfg.weight_decay)
+    opt_d = adamw(discriminator.parameters(), cfg.disc_lr or cfg.lr, cfg.disc_betas or cfg.betas, cfg.weight_decay)
+    # Not passed to accelerator.prepare: a prepared scheduler steps num_processes times per step.
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in (opt_g, opt_d)]
+    return opt_g, opt_d, scheds

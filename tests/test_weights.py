@@ -1,0 +1,107 @@
+"""Weight resolution order (configured path, torch hub cache, download), the offline error, `fetch-weights`."""
+import hashlib
+import urllib.error
+
+import pytest
+
+from latentae import weights
+from latentae.cli import main
+from latentae.errors import LatentaeError, MissingWeightsError
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty $TORCH_HOME; downloads fail unless a test installs its own fake."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dest, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(weights, "_download", offline)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_checkpoints_dir_follows_torch_home(cache):
+    assert weights.checkpoints_dir() == cache
+
+
+def test_configured_path_then_cache(cache, tmp_path):
+    local = tmp_path / "my-vgg.pth"
+    local.write_bytes(b"x")
+    assert weights.resolve("vgg16", local) == local
+    with pytest.raises(MissingWeightsError, match="does not exist: .*nowhere.pth"):
+        weights.resolve("vgg16", tmp_path / "nowhere.pth")
+    cache.mkdir(parents=True)
+    (cache / "vgg16-397923af.pth").write_bytes(b"y")
+    assert weights.resolve("vgg16") == cache / "vgg16-397923af.pth"  # found without any download
+
+
+def test_offline_error_names_file_directory_url_and_remedies(cache):
+    with pytest.raises(MissingWeightsError) as err:
+        weights.resolve("alexnet")
+    message = str(err.value)
+    for part in ("alexnet-owt-7be5be79.pth", str(cache), "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                 "latentae fetch-weights --only alexnet", "loss.perceptual_weight=0", "Name or service not known"):
+        assert part in message
+    with pytest.raises(MissingWeightsError) as err:
+        weights.resolve("inception", download=False)
+    assert "weights-inception-2015-12-05-6726825d.pth" in str(err.value) and "FID" in str(err.value)
+    assert "perceptual_weight" not in str(err.value)
+
+
+def test_download_lands_in_cache(cache, monkeypatch):
+    calls = []
+
+    def fake(url, dest, **kwargs):
+        calls.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b"weights")
+
+    monkeypatch.setattr(weights, "_download", fake)
+    assert weights.resolve("inception") == cache / "weights-inception-2015-12-05-6726825d.pth"
+    assert calls == [weights.REGISTRY["inception"].url]
+    weights.resolve("inception")
+    assert len(calls) == 1  # cached now
+
+
+def test_download_checks_hash_and_leaves_no_partial_file(tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"some weights")
+    digest = hashlib.sha256(b"some weights").hexdigest()
+    dest = tmp_path / "out" / "file.pth"
+    with pytest.raises(OSError, match="corrupt"):
+        weights._download(source.as_uri(), dest, sha256_prefix="00000000", progress=False)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    weights._download(source.as_uri(), dest, sha256_prefix=digest[:8], progress=False)
+    assert dest.read_bytes() == b"some weights"
+
+
+def test_lpips_heads_ship_with_the_package(cache):
+    for name in ("lpips-vgg", "lpips-alex"):
+        path = weights.resolve(name, download=False)
+        assert path.is_file() and path.parent.name == "v0.1"
+
+
+def test_unknown_name():
+    with pytest.raises(LatentaeError, match="known: vgg16, alexnet"):
+        weights.resolve("resnet50")
+
+
+def test_fetch_weights_command(cache, tmp_path, monkeypatch, capsys):
+    assert main(["fetch-weights", "--only", "lpips-alex"]) == 0
+    assert capsys.readouterr().out.startswith("ok     lpips-alex:")
+
+    assert main(["fetch-weights", "--only", "alexnet", "--only", "lpips-vgg"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("FAILED alexnet:") and lines[1].startswith("ok     lpips-vgg:")
+
+    def fake(url, dest, **kwargs):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b"w")
+
+    monkeypatch.setattr(weights, "_download", fake)
+    staged = tmp_path / "staged"
+    assert main(["fetch-weights", "--dir", str(staged)]) == 0
+    assert sorted(p.name for p in staged.iterdir()) == sorted(
+        w.filename for w in weights.REGISTRY.values() if w.url)
+    assert len(capsys.readouterr().out.splitlines()) == len(weights.REGISTRY)
