@@ -17,3 +17,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real images not found at {SHARED_DATA.resolve()} (see shared/data/README.md)")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory) -> Path:
+    """A folder of 24 procedural 48-px PNGs (no download, no ../shared needed)."""
+    from latentae.demo import write_demo_images
+
+    folder = tmp_path_factory.mktemp("demo-images")
+    write_demo_images(folder, count=24, size=48)
+    return folder
+
+
+def tiny_run_overrides(output_dir, data, *extra) -> list[str]:
+    """Overrides shrinking configs/tiny-kl.yaml to a model that trains a step in well under a second."""
+    return [f"output_dir={output_dir}", f"data.train={data}", "data.resolution=32", "data.num_workers=0",
+            "data.shuffle_buffer=8", "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
+            "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=2", "train.batch_size=4",
+            "train.log_every=1", "train.image_every=0", "eval.every=0", *extra]

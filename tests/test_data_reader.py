@@ -234,3 +234,17 @@ def test_expand_urls_forms(tmp_path):
     piped = [(x["key"], x["image"]) for x in read_shard(f"pipe:cat {s / 'part-00001.tar'}", resolution=8)]
     assert [k for k, _ in local] == [k for k, _ in piped] == ["s1-00"]
     assert torch.equal(local[0][1], piped[0][1])
+
+
+def test_fast_jpeg_changes_training_decodes_only(tmp_path):
+    (tmp_path / "big.jpg").write_bytes(jpeg(600, 400))
+
+    def images(fast_jpeg):
+        cfg = DataConfig(train=str(tmp_path), resolution=64, num_workers=0, fast_jpeg=fast_jpeg)
+        train = next(iter(train_loader(cfg, batch_size=1, seed=0)))["image"]
+        evaluated = next(iter(eval_loader(cfg, batch_size=1, source=cfg.train)))["image"]
+        return train, evaluated
+
+    (fast_train, fast_eval), (full_train, full_eval) = images(True), images(False)
+    assert not torch.equal(fast_train, full_train)  # decoded at a reduced DCT scale
+    assert torch.equal(fast_eval, full_eval)  # evaluation always decodes fully

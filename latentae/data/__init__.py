@@ -2,18 +2,28 @@
 evaluation and encoding. `latentae shards` (latentae/data/shards.py) writes the shards.
 
     from latentae.data import DataConfig, train_loader, eval_loader, read_shard, expand_urls, SkipCounter
+
+Names load on first use, so importing the config (e.g. for `latentae --help`) does not import torch.
 """
-from latentae.data.config import DEFAULT_MAX_PIXELS, DataConfig
-from latentae.data.decode import ALPHA_BACKGROUND, IMAGE_EXTS, decode_image
-from latentae.data.reader import (BatchLoader, EvalStream, TrainStream, eval_loader, load_image, read_shard,
-                                  train_loader)
-from latentae.data.skips import REASONS, SkipCounter, SkipSample
-from latentae.data.sources import Source, expand_sources, expand_urls
-from latentae.data.transforms import prepare_image, to_pil, to_tensor
+from __future__ import annotations
 
-__all__ = [
-    "ALPHA_BACKGROUND", "DEFAULT_MAX_PIXELS", "IMAGE_EXTS", "REASONS", "BatchLoader", "DataConfig", "EvalStream",
-    "SkipCounter", "SkipSample", "Source", "TrainStream", "decode_image", "eval_loader", "expand_sources",
-    "expand_urls", "load_image", "prepare_image", "read_shard", "to_pil", "to_tensor", "train_loader",
-]
+import importlib
 
+_LAZY = {
+    "DataConfig": "config", "DEFAULT_MAX_PIXELS": "config",
+    "ALPHA_BACKGROUND": "decode", "IMAGE_EXTS": "decode", "decode_image": "decode",
+    "BatchLoader": "reader", "EvalStream": "reader", "SampleDecoder": "reader", "TrainStream": "reader",
+    "eval_loader": "reader", "load_image": "reader", "read_shard": "reader", "train_loader": "reader",
+    "REASONS": "skips", "SkipCounter": "skips", "SkipSample": "skips",
+    "Source": "sources", "expand_sources": "sources", "expand_urls": "sources",
+    "prepare_image": "transforms", "to_pil": "transforms", "to_tensor": "transforms",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"latentae.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'latentae.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -4,16 +4,18 @@ Batches are dicts: `{"image": float32 [B, 3, R, R] in [-1, 1], "key": list[str],
 where `skipped` holds the samples dropped (by reason) since the producing worker's previous batch; the
 `BatchLoader` sums them into `loader.skipped`. Decoding and transforms run in the DataLoader workers.
 
-Training determinism. The batch at step s of rank r is a pure function of (seed, r, num_workers,
-batch_size, s) and the data: step s is produced by "virtual worker" v = s % W as its (s // W)-th batch
-(the DataLoader hands out batches round-robin, so a real worker started at step k serves virtual worker
-(k + id) % W). Each virtual worker's stream is cut into chunks of ceil(chunk_size / B) batches, and chunk j
-is generated from scratch by an RNG seeded with (seed, rank, W, v, j): shards drawn with replacement, each
-begun at a random sample (local tars) and wrapping around, through a shuffle buffer filled anew, with every
-crop / flip drawn from a per-sample seed. Resuming at step k therefore decodes at most one partial chunk
-per worker (< chunk_size samples, in parallel across workers) instead of k batches. Per-step reseeding
-would need random access to every sample, which tars behind pipe: or http do not have; reseeding per chunk
-keeps reads sequential and costs one shuffle-buffer fill per chunk.
+Training determinism. The batch at step s (the s-th batch drawn from this rank's loader, counting
+micro-batches under gradient accumulation) is a pure function of (seed, rank, s), batch_size, world_size,
+the data config and the data, so a run resumed at step k gets exactly the batches the uninterrupted run
+got from step k. How: step s comes from "virtual worker" v = s % W (W = num_workers, or 1) as its
+(s // W)-th batch; the DataLoader hands out batches round-robin, so a real worker started at step k serves
+virtual worker (k + id) % W. Each virtual worker's stream is cut into chunks of ceil(chunk_size / B)
+batches, and chunk j is generated from scratch by an RNG seeded with (seed, rank, W, v, j): shards drawn
+with replacement, each begun at a random sample (local tars) and wrapping around, through a shuffle buffer
+filled anew, with every crop / flip drawn from a per-sample seed. Resuming therefore decodes at most one
+partial chunk per worker (< chunk_size samples, in parallel across workers) instead of k batches.
+Per-step reseeding would need random access to every sample, which tars behind pipe: or http do not have;
+reseeding per chunk keeps reads sequential and costs one shuffle-buffer fill per chunk.
 
 Ranks read disjoint slices of the sources when there are at least as many sources as ranks (each node then
 needs only its share of the shards); otherwise every rank resamples all of them with its own seed.
@@ -43,21 +45,24 @@ MAX_CONSECUTIVE_MISSES = 10_000
 
 
 class SampleDecoder:
-    """Raw webdataset sample -> (image extension, 8-bit RGB image) under the data limits, or SkipSample."""
+    """Raw webdataset sample -> (image extension, 8-bit RGB image) under the data limits, or SkipSample.
+    fast_jpeg: decode large JPEGs at a reduced DCT scale that keeps the shorter side >= resolution."""
 
-    def __init__(self, *, resolution: int | None, max_pixels: int, small_images: Literal["upscale", "skip"]):
-        self.resolution = resolution
+    def __init__(self, *, resolution: int | None, max_pixels: int, small_images: Literal["upscale", "skip"],
+                 fast_jpeg: bool = False):
         self.max_pixels = max_pixels
         self.min_side = resolution if small_images == "skip" else None
+        self.draft_side = resolution if fast_jpeg else None
 
     def __call__(self, sample: dict) -> tuple[str, Image.Image]:
         ext, data = pick_image(sample)
-        img = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_side=self.resolution)
+        img = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side, draft_side=self.draft_side)
         return ext, img
 
 
-def _decoder(cfg: DataConfig) -> SampleDecoder:
-    return SampleDecoder(resolution=cfg.resolution, max_pixels=cfg.max_pixels, small_images=cfg.small_images)
+def _decoder(cfg: DataConfig, *, train: bool) -> SampleDecoder:
+    return SampleDecoder(resolution=cfg.resolution, max_pixels=cfg.max_pixels, small_images=cfg.small_images,
+                         fast_jpeg=train and cfg.fast_jpeg)
 
 
 def _batch(images: list[np.ndarray], keys: list[str], skipped: dict[str, int], resolution: int) -> dict:
@@ -248,7 +253,7 @@ def train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int = 0, 
     sources = expand_sources(cfg.train)
     if len(sources) >= world_size:
         sources = sources[rank::world_size]
-    stream = TrainStream(sources, decoder=_decoder(cfg), batch_size=batch_size, seed=seed, rank=rank,
+    stream = TrainStream(sources, decoder=_decoder(cfg, train=True), batch_size=batch_size, seed=seed, rank=rank,
                          start_step=start_step, resolution=cfg.resolution, random_crop=cfg.random_crop,
                          hflip=cfg.hflip, shuffle_buffer=cfg.shuffle_buffer, chunk_size=cfg.chunk_size)
     return BatchLoader(stream, cfg.num_workers)
@@ -266,7 +271,7 @@ def eval_loader(cfg: DataConfig, *, batch_size: int, rank: int = 0, world_size: 
     sources = expand_sources(spec)
     # The same worker count on every rank (it depends only on global sizes), so the slices partition.
     workers = min(cfg.num_workers, math.ceil(len(sources) / world_size))
-    stream = EvalStream(sources, decoder=_decoder(cfg), batch_size=batch_size, rank=rank,
+    stream = EvalStream(sources, decoder=_decoder(cfg, train=False), batch_size=batch_size, rank=rank,
                         world_size=world_size, resolution=cfg.resolution)
     return BatchLoader(stream, workers)
 

@@ -78,8 +78,9 @@ class ShardReport:
 
 
 def _tar_items(path: str, name: str, report: ShardReport) -> list[_Item]:
-    if not path.lower().endswith(".tar"):
-        raise LatentaeError(f"{path}: compressed tars cannot be re-packed; decompress it first")
+    if not path.lower().endswith(".tar"):  # members are read by offset, which compression rules out
+        report.skipped.append((path, "read_error", "compressed tar: decompress it to re-pack its images"))
+        return []
     index, error = tar_index(path)
     if error:
         report.skipped.append((path, "read_error", error))

@@ -117,20 +117,32 @@ def _is_local_tar(url: str) -> bool:
     return not _is_url(url) and url.lower().endswith(".tar")
 
 
-@functools.lru_cache(maxsize=8)
-def tar_index(path: str) -> tuple[tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...], str | None]:
+SampleIndex = tuple[str, tuple[tuple[str, int, int], ...]]  # key, ((ext, data offset, size), ...)
+
+
+def tar_index(path: str) -> tuple[tuple[SampleIndex, ...], str | None]:
     """Samples of an uncompressed local tar as (key, ((ext, data_offset, size), ...)), grouped like webdataset
     groups consecutive members by key; plus an error message when the archive is truncated or unreadable
-    (the samples before the damage are kept)."""
+    (the samples before the damage are kept). Cached per process for the file's current size and mtime."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return (), f"{type(e).__name__}: {e}"
+    return _tar_index(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _tar_index(path: str, end: int, mtime_ns: int) -> tuple[tuple[SampleIndex, ...], str | None]:
+    # mtime_ns is part of the cache key only: a rewritten file gets a fresh index
     samples: list[tuple[str, list[tuple[str, int, int]]]] = []
     error = None
     try:
-        end = os.path.getsize(path)
         with tarfile.open(path, mode="r:") as tf:  # header index only: member data is seeked over
             while True:
                 info = tf.next()
                 if info is None:
                     break
+                tf.members.clear()  # keep memory flat on large shards
                 if info.offset_data + info.size > end:
                     raise tarfile.ReadError(f"archive ends inside member {info.name}")
                 if not info.isreg() or _META.match(info.name):
@@ -141,7 +153,6 @@ def tar_index(path: str) -> tuple[tuple[tuple[str, tuple[tuple[str, int, int], .
                 if not samples or samples[-1][0] != prefix:
                     samples.append((prefix, []))
                 samples[-1][1].append((suffix.lower(), info.offset_data, info.size))
-                tf.members.clear()  # keep memory flat on large shards
     except (OSError, tarfile.TarError, EOFError) as e:
         error = f"{type(e).__name__}: {e}"
     return tuple((k, tuple(m)) for k, m in samples), error

@@ -21,7 +21,7 @@ class ModelConfig:
     latent_channels: int = 4  # kl: latent channels; vq: encoder output channels before quant_conv
     norm_num_groups: int = 32
     mid_block_add_attention: bool = True  # self-attention in the mid blocks
-    sample_size: int = 256  # training resolution; diffusers also uses it as the tiling tile size
+    sample_size: int = 256  # diffusers' tiling tile size; a training run sets it to data.resolution
     scaling_factor: float = 0.18215  # written to the export; `latentae stats` measures the right one
     force_upcast: bool = True  # tells diffusers pipelines to decode in fp32 (SDXL's fp16 overflow)
     shift_factor: float | None = None  # kl only: SD3/FLUX-style latent shift
@@ -55,3 +55,14 @@ class ModelConfig:
         for name in (_VQ_ONLY if self.family == "kl" else _KL_ONLY):
             del kwargs[name]
         return kwargs
+
+
+def config_of(model) -> ModelConfig:
+    """The ModelConfig describing an existing model (e.g. one opened with latentae.load for fine-tuning)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"family"}
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if k in names}
+    if model.family == "vq":
+        values["quantizer"] = dict(values.get("quantizer") or {"kind": "vq"})
+    return ModelConfig(family=model.family, **values)

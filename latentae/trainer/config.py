@@ -62,3 +62,6 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        self.model.sample_size = self.data.resolution  # diffusers' tiling tile size: the training resolution

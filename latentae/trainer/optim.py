@@ -51,10 +51,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def set_lr(optimizer, lr: float) -> None:
+    """The schedule is a pure function of the step (lr_factor), set before each update: nothing to checkpoint,
+    and it cannot drift from the step counter on resume or when a non-finite step is skipped."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def build_optimizers(model: nn.Module, discriminator: nn.Module, cfg: TrainConfig):
-    """(generator optimizer, discriminator optimizer, their LambdaLR schedulers)."""
+    """(generator AdamW, discriminator AdamW) over the parameters that require grad."""
     opt_g = adamw(model.parameters(), cfg.lr, cfg.betas, cfg.weight_decay)
     opt_d = adamw(discriminator.parameters(), cfg.disc_lr or cfg.lr, cfg.disc_betas or cfg.betas, cfg.weight_decay)
-    # Not passed to accelerator.prepare: a prepared scheduler steps num_processes times per step.
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in (opt_g, opt_d)]
-    return opt_g, opt_d, scheds
+    return opt_g, opt_d

@@ -1,0 +1,116 @@
+"""Statistics of the bottleneck over a whole evaluation set: codebook use of tokenizers, KL of KL autoencoders.
+
+Both accumulate sums only, reduced over ranks once in `compute()` (a collective: every rank calls it, also one
+that read nothing), so the numbers are those of the whole set whatever the number of processes. The class
+docstrings say how each number is computed; the evaluation report quotes them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from latentae.evaluation.gather import all_reduce_sum
+from latentae.losses.config import KLConfig
+from latentae.losses.kl import active_channels, kl_per_channel
+from latentae.models import GaussianPosterior
+from latentae.models.output import AutoencoderOutput
+from latentae.quantizers.base import code_distribution_stats
+
+ACTIVE_THRESHOLD = KLConfig().active_threshold
+
+
+class CodebookStats:
+    """Tokenizer statistics from a histogram of every token of the set (per stage for residual quantizers):
+    codebook_usage: fraction of the K codes used at least once (mean over stages);
+    perplexity: 2 ** entropy of the histogram (mean over stages);
+    entropy_bits: entropy of the histogram in bits (mean over stages);
+    bits_per_pixel: log2(K) x tokens per image (all stages) / pixels per image, the size of an image's
+    fixed-length code (256 tokens of 14 bits for 256 x 256 px: 0.0547);
+    entropy_bits_per_pixel: the same with each stage's histogram entropy instead of log2(K);
+    .../stage{s}: usage, perplexity and entropy of stage s, when there are several stages."""
+
+    def __init__(self, codebook_size: int, num_stages: int, device: torch.device):
+        self.codebook_size = codebook_size
+        self.num_stages = num_stages
+        self.counts = torch.zeros(num_stages, codebook_size, dtype=torch.long, device=device)
+        self.sizes = torch.zeros(2, dtype=torch.long, device=device)  # token positions, pixels (summed over images)
+
+    @classmethod
+    def for_model(cls, model, device: torch.device) -> "CodebookStats":
+        quantizer = model.quantize
+        return cls(quantizer.codebook_size, getattr(quantizer, "num_stages", 1), device)
+
+    def update(self, output: AutoencoderOutput, images: Tensor) -> None:
+        indices = output.quant.indices
+        indices = indices if indices.ndim == 4 else indices.unsqueeze(-1)  # [B, h, w, S]
+        flat = indices.reshape(-1, indices.shape[-1])
+        for s in range(self.num_stages):
+            self.counts[s] += torch.bincount(flat[:, s], minlength=self.codebook_size)
+        b, h, w, _ = indices.shape
+        self.sizes += torch.tensor([b * h * w, b * images.shape[-2] * images.shape[-1]], device=self.sizes.device)
+
+    def compute(self) -> dict[str, float]:
+        counts, sizes = all_reduce_sum(self.counts), all_reduce_sum(self.sizes)
+        per_stage = [code_distribution_stats(c) | {"usage": (c > 0).float().mean()} for c in counts]
+        positions_per_pixel = sizes[0].item() / max(sizes[1].item(), 1)
+        out = {
+            "codebook_size": self.codebook_size,
+            "codebook_usage": _mean(st["usage"] for st in per_stage),
+            "perplexity": _mean(st["perplexity"] for st in per_stage),
+            "entropy_bits": _mean(st["entropy"] for st in per_stage),
+            "bits_per_pixel": math.log2(self.codebook_size) * self.num_stages * positions_per_pixel,
+            "entropy_bits_per_pixel": sum(float(st["entropy"]) for st in per_stage) * positions_per_pixel,
+        }
+        if self.num_stages > 1:
+            out["num_stages"] = self.num_stages
+            for s, st in enumerate(per_stage):
+                out[f"codebook_usage/stage{s}"] = float(st["usage"])
+                out[f"perplexity/stage{s}"] = float(st["perplexity"])
+                out[f"entropy_bits/stage{s}"] = float(st["entropy"])
+        return out
+
+
+class KLStats:
+    """KL autoencoder statistics, KL(q(z|x) || N(0, I)) in nats per latent element as in the training
+    diagnostics: kl_per_channel: mean over images and positions, per channel; kl: mean over channels;
+    active_channels: channels whose KL exceeds the threshold (default 0.01 nats, loss.kl.active_threshold's):
+    a collapsed channel carries no information and has KL ~ 0."""
+
+    def __init__(self, latent_channels: int, device: torch.device, threshold: float = ACTIVE_THRESHOLD):
+        self.threshold = threshold
+        self.sums = torch.zeros(latent_channels + 1, dtype=torch.float64, device=device)  # per channel, images
+
+    @classmethod
+    def for_model(cls, model, device: torch.device, threshold: float = ACTIVE_THRESHOLD) -> "KLStats":
+        return cls(model.config.latent_channels, device, threshold)
+
+    def update(self, output: AutoencoderOutput, images: Tensor) -> None:
+        p = output.posterior
+        posterior = GaussianPosterior(torch.cat([p.mean, p.logvar], dim=1).float())  # fp32 also under autocast
+        b = p.mean.shape[0]
+        self.sums[:-1] += kl_per_channel(posterior).double() * b  # batch mean -> batch sum
+        self.sums[-1] += b
+
+    def compute(self) -> dict[str, float | int | list[float]]:
+        sums = all_reduce_sum(self.sums)
+        per_channel = sums[:-1] / sums[-1].clamp_min(1)
+        return {
+            "kl": float(per_channel.mean()),
+            "kl_per_channel": [float(v) for v in per_channel],
+            "active_channels": int(active_channels(per_channel, self.threshold)),
+            "latent_channels": int(per_channel.numel()),
+        }
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values)
+
+
+def bottleneck_stats(model, device: torch.device, *, active_threshold: float = ACTIVE_THRESHOLD):
+    """The statistics object for `model`'s family (KLAutoencoder or VQTokenizer)."""
+    if model.family == "vq":
+        return CodebookStats.for_model(model, device)
+    return KLStats.for_model(model, device, active_threshold)

@@ -1,0 +1,217 @@
+"""`evaluate(model, batches)`: reconstruction metrics of a model over an image set, single- or multi-process.
+
+The same function serves `latentae eval` and the trainer's periodic validation. Every rank reconstructs its own
+slice of the data (what `latentae.data.eval_loader(..., rank=, world_size=)` gives it) and keeps per-image values
+and summable statistics; one gather at the end makes every rank hold the result for the whole set. KL models
+reconstruct from the posterior mean (deterministic); tokenizers through their quantizer.
+
+    from latentae.evaluation import evaluate
+    result = evaluate(model, eval_loader(cfg, batch_size=16, rank=r, world_size=w, source="val/"),
+                      accelerator=accelerator, metrics=("psnr", "ssim", "lpips", "rfid"))
+    result.metrics["psnr"], result.unavailable, result.n_images, result.skipped
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from latentae.data.skips import REASONS
+from latentae.errors import LatentaeError, MissingWeightsError, ModelFormatError
+from latentae.evaluation import bottleneck as bottleneck_mod
+from latentae.evaluation.gather import all_reduce_sum, any_rank, gather_cat, gather_objects, world_size
+from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
+                                         feature_dim, fid_sample_note, psnr_per_image, ssim_per_image, to_uint8)
+
+DEFAULT_METRICS = IMAGE_METRICS
+PER_IMAGE = ("psnr", "ssim", "lpips")  # metrics with one value per image
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` returns; identical on every rank except `examples` (the main process's first images)."""
+
+    n_images: int  # images evaluated, over all ranks
+    skipped: dict[str, int]  # samples the data readers dropped, by reason (latentae.data.REASONS), over all ranks
+    metrics: dict[str, Any]  # psnr, ssim, lpips, rfid (those requested and available); bottleneck statistics
+    unavailable: dict[str, str] = field(default_factory=dict)  # requested metric -> why it was not computed
+    image_keys: list[str] = field(default_factory=list)  # sample keys, in the order of the per-image values
+    per_image: dict[str, list[float]] = field(default_factory=dict)  # psnr / ssim / lpips per image
+    protocol: dict[str, Any] = field(default_factory=dict)  # how each metric was computed, weight files used
+    examples: dict[str, Tensor] = field(default_factory=dict)  # "input" / "reconstruction": uint8 [N, 3, H, W]
+
+    @property
+    def per_image_psnr(self) -> list[float]:
+        return self.per_image.get("psnr", [])
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: everything but the per-image values and the example images."""
+        out = asdict(self)
+        for key in ("image_keys", "per_image", "examples"):
+            out.pop(key)
+        return out
+
+
+def _build_meters(metrics: Sequence[str], *, lpips_net: str, lpips_trunk, fid_feature, fid_weights,
+                  device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """LPIPS / FID modules for the requested metrics; those whose weights are missing (on any rank) go to
+    `unavailable` with the reason."""
+    meters, unavailable = {}, {}
+    builders = {"lpips": lambda: LPIPSMetric(lpips_net, lpips_trunk),
+                "rfid": lambda: FIDMetric(fid_feature, fid_weights)}
+    for name in (m for m in metrics if m in builders):
+        try:
+            meters[name] = builders[name]().to(device).eval()
+        except (MissingWeightsError, ModelFormatError) as e:
+            unavailable[name] = str(e)
+        except ImportError as e:  # torch-fidelity is what FID's Inception needs
+            unavailable[name] = f"{type(e).__name__}: {e}"
+    names = [m for m in metrics if m in builders]
+    missing_somewhere = any_rank([n in unavailable for n in names], device)
+    for name, missing in zip(names, missing_somewhere):
+        if missing and name not in unavailable:
+            unavailable[name] = "its weight files are missing on another process (see that process's report)"
+            meters.pop(name, None)
+    return meters, unavailable
+
+
+def _local_cap(max_images: int | None, rank: int, ranks: int) -> int | None:
+    """This rank's share of `max_images`: the shares add up to max_images (when every rank has enough data)."""
+    if max_images is None:
+        return None
+    return max_images // ranks + (1 if rank < max_images % ranks else 0)
+
+
+def _skip_counts(batches, device: torch.device) -> dict[str, int]:
+    counter = getattr(batches, "skipped", None)  # BatchLoader's SkipCounter
+    local = counter.as_dict() if counter is not None else {}
+    total = all_reduce_sum(torch.tensor([local.get(r, 0) for r in REASONS], dtype=torch.long, device=device))
+    return {r: int(n) for r, n in zip(REASONS, total.tolist()) if n}
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if world_size() > 1 else 0
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,  # KLAutoencoder or VQTokenizer (an accelerate-prepared one is unwrapped)
+    batches: Iterable[dict],  # this rank's {"image": float [B, 3, H, W] in [-1, 1], "key": [...]} batches
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,  # any of psnr, ssim, lpips, rfid; bottleneck stats always run
+    accelerator=None,  # accelerate.Accelerator: its device; without one, the model's device
+    lpips_net: str = "alex",  # LPIPS trunk: alex (the usual metric) or vgg
+    lpips_trunk: str | Path | None = None,  # explicit trunk weight file (default: latentae.weights lookup)
+    fid_feature: int | nn.Module = 2048,  # Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
+    fid_weights: str | Path | None = None,  # explicit Inception weight file (default: latentae.weights lookup)
+    bf16: bool = False,  # run the model under bf16 autocast (metrics stay fp32 / fp64)
+    max_images: int | None = None,  # stop after this many images in all (split over ranks); None: all
+    examples: int = 0,  # keep this many of the main process's first inputs / reconstructions (for grids)
+    active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
+    progress: bool = False,  # progress bar with images/s on the main process
+    data_name: str = "the evaluation data",  # how error messages name the data
+) -> EvalResult:
+    """Reconstruct every image of `batches` and measure it; see the module docstring. Every rank must call this
+    (collectives run at the end). The model is left as it was (eval mode inside, train mode restored)."""
+    unknown = [m for m in metrics if m not in IMAGE_METRICS]
+    if unknown:
+        raise LatentaeError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(IMAGE_METRICS)}")
+    metrics = list(dict.fromkeys(metrics))
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    if getattr(model, "family", None) not in ("kl", "vq"):
+        raise ModelFormatError(f"evaluate() takes a KLAutoencoder or VQTokenizer (latentae.load opens the others), "
+                               f"got {type(model).__name__}")
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    rank, ranks = _rank(), world_size()
+    main = rank == 0
+
+    meters, unavailable = _build_meters(metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk,
+                                        fid_feature=fid_feature, fid_weights=fid_weights, device=device)
+    stats = bottleneck_mod.bottleneck_stats(model, device, active_threshold=active_threshold)
+    per_image_fns = {"psnr": psnr_per_image, "ssim": ssim_per_image, **{k: v for k, v in meters.items() if k in PER_IMAGE}}
+    per_image_fns = {k: v for k, v in per_image_fns.items() if k in metrics}
+    values: dict[str, list[Tensor]] = {k: [] for k in per_image_fns}
+    keys: list[str] = []
+    kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
+    cap = _local_cap(max_images, rank, ranks)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cap, unit="img", desc="eval", dynamic_ncols=True, disable=not (progress and main))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches if cap != 0 else ():
+            images = batch["image"] if cap is None else batch["image"][: cap - len(keys)]
+            if not len(images):
+                continue
+            x = images.to(device, non_blocking=True)
+            with autocast:
+                out = model(x.to(model.dtype), sample_posterior=False) if model.family == "kl" else model(x.to(model.dtype))
+            real, fake = to_uint8(x), to_uint8(out.reconstruction)
+            for name, fn in per_image_fns.items():
+                values[name].append(fn(real, fake).double())
+            if "rfid" in meters:
+                meters["rfid"].update(real, fake)
+            stats.update(out, x)
+            keys.extend(batch["key"][: len(images)])
+            taken = sum(len(t) for t in kept["input"])
+            if taken < examples:
+                kept["input"].append(real[: examples - taken].cpu())
+                kept["reconstruction"].append(fake[: examples - taken].cpu())
+            bar.update(len(images))
+            if cap is not None and len(keys) >= cap:
+                break
+    finally:
+        model.train(was_training)
+        bar.close()
+
+    # One gather: every rank holds the whole set's values from here on.
+    skipped = _skip_counts(batches, device)
+    per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
+                 for k, v in values.items()}
+    image_keys = gather_objects(keys)
+    n_images = len(image_keys)
+    if n_images == 0:
+        if skipped:
+            detail = ", ".join(f"{r}={n}" for r, n in skipped.items())
+            raise LatentaeError(f"every sample in {data_name} was skipped ({detail}): nothing to evaluate")
+        raise LatentaeError(f"no images found in {data_name}")
+
+    results: dict[str, Any] = {k: float(v.mean()) for k, v in per_image.items()}
+    protocol: dict[str, Any] = {"metrics": {}, "weight_files": {}, "notes": []}
+    descriptions = {"psnr": PSNR_DESCRIPTION, "ssim": SSIM_DESCRIPTION}
+    for name in metrics:
+        if name in descriptions:
+            protocol["metrics"][name] = descriptions[name]
+        elif name in meters:
+            protocol["metrics"][name] = meters[name].describe()
+            protocol["weight_files"][name] = meters[name].weight_files
+    if "rfid" in meters:
+        if n_images < 2:
+            unavailable["rfid"] = f"FID needs at least 2 images, got {n_images}"
+            meters["rfid"].fid.reset()
+        else:
+            results["rfid"] = meters["rfid"].compute()
+            note = fid_sample_note(n_images, feature_dim(meters["rfid"]))
+            if note:
+                protocol["notes"].append(note)
+    results.update(stats.compute())
+    protocol["bottleneck"] = inspect.cleandoc(type(stats).__doc__)
+    protocol["model_precision"] = "bf16 autocast" if bf16 else str(model.dtype).removeprefix("torch.")
+    protocol["processes"] = ranks
+    return EvalResult(
+        n_images=n_images, skipped=skipped, metrics=results, unavailable=unavailable, image_keys=image_keys,
+        per_image={k: v.cpu().tolist() for k, v in per_image.items()}, protocol=protocol,
+        examples={k: torch.cat(v) for k, v in kept.items() if v} if main else {},
+    )

@@ -1,0 +1,163 @@
+"""Image metrics of a reconstruction, all computed on 8-bit images.
+
+Input and reconstruction are both rounded to uint8 exactly like a saved PNG (`to_uint8`) before any metric
+sees them, so the numbers are those of the files a user would compare. Per-image metrics (PSNR, SSIM, LPIPS)
+return one value per image; the evaluator averages them over the whole set. rFID accumulates feature
+statistics; `FIDMetric.compute` sums them over ranks itself.
+
+Metrics that need pretrained weights (LPIPS trunk, Inception) are built through latentae.weights: a missing file
+raises MissingWeightsError with one message, which the evaluator reports as the metric's unavailability.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from latentae.errors import ModelFormatError
+from latentae.evaluation.gather import all_reduce_sum
+from latentae.losses.perceptual import TRUNK_WEIGHTS, PerceptualLoss
+from latentae.weights import resolve
+
+IMAGE_METRICS = ("psnr", "ssim", "lpips", "rfid")
+PSNR_CAP_DB = 100.0  # PSNR of two identical 8-bit images (MSE 0): a finite cap keeps the mean finite
+SSIM_KERNEL, SSIM_SIGMA = 11, 1.5  # torchmetrics' (and Wang et al. 2004's) gaussian window
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 [0, 255], rounded to nearest like `latentae.data.to_pil` (what a PNG stores)."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def psnr_per_image(real: Tensor, fake: Tensor) -> Tensor:
+    """PSNR (dB) per image of uint8 [B, 3, H, W] pairs: MSE over channels and pixels, peak 255, float64."""
+    mse = (real.double() - fake.double()).pow(2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(255.0**2 / mse)
+    return psnr.clamp(max=PSNR_CAP_DB)  # mse 0 -> inf -> cap
+
+
+def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
+    """SSIM per image of uint8 [B, 3, H, W] pairs, on [0, 1] images with data_range=1 (float64), averaged over
+    the valid region: the positions whose window lies inside the image (Wang et al.'s reference code, skimage,
+    pytorch-msssim). torchmetrics >= 1.5 computes the same map but its own mean also counts the border
+    positions of a reflect-padded image; its full map is cropped here, which gives the valid mean in every
+    torchmetrics version."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    _, full = structural_similarity_index_measure(
+        fake.double() / 255, real.double() / 255, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_KERNEL,
+        data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, reduction="none", return_full_image=True)
+    if full.shape[-2:] != real.shape[-2:]:
+        raise RuntimeError(f"unexpected SSIM map of shape {tuple(full.shape)} for images {tuple(real.shape)}")
+    pad = SSIM_KERNEL // 2
+    return full[..., pad:-pad, pad:-pad].flatten(1).mean(1)
+
+
+def uint8_to_unit(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (the model's and LPIPS's range)."""
+    return images.float() / 127.5 - 1
+
+
+class LPIPSMetric(nn.Module):
+    """LPIPS per image (lower is better) with the same frozen trunk loading as the training loss."""
+
+    def __init__(self, net: str = "alex", trunk_path: str | Path | None = None):
+        super().__init__()
+        self.perceptual = PerceptualLoss(net, trunk_path=trunk_path)  # raises MissingWeightsError first
+        self.net = net
+        self.weight_files = [str(resolve(TRUNK_WEIGHTS[net], trunk_path)), str(resolve(f"lpips-{net}"))]
+
+    def forward(self, real: Tensor, fake: Tensor) -> Tensor:
+        return self.perceptual(uint8_to_unit(fake), uint8_to_unit(real)).double()
+
+    def describe(self) -> str:
+        from importlib.metadata import version
+
+        return (f"LPIPS-{self.net} (lpips {version('lpips')} linear heads v0.1 on the torchvision "
+                f"{TRUNK_WEIGHTS[self.net]} trunk) on the 8-bit images mapped to [-1, 1]; mean over images")
+
+
+def _check_plain_state_dict(path: Path) -> None:
+    """torch-fidelity unpickles the Inception file with weights_only=False: only let it open a file that also
+    loads with weights_only=True (plain tensors), so a tampered file cannot run code."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any failure means "not a plain checkpoint"
+        raise ModelFormatError(f"{path} is not a plain Inception state dict (refusing to unpickle it): "
+                               f"{type(e).__name__}: {e}") from None
+
+
+class FIDMetric(nn.Module):
+    """rFID between inputs (real) and reconstructions (fake) with torchmetrics' FrechetInceptionDistance.
+
+    Images go in as uint8 (normalize=False): torchmetrics' normalize=True path converts floats with
+    `(x * 255).byte()`, which truncates instead of rounding. `feature` is an Inception layer size (64, 192,
+    768, 2048; weights via latentae.weights) or any module mapping uint8 [B, 3, H, W] to features [B, d].
+    States are summed over ranks in `compute` (not by torchmetrics' own sync), which every rank must call.
+    """
+
+    def __init__(self, feature: int | nn.Module = 2048, weights_path: str | Path | None = None):
+        super().__init__()
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.feature = feature
+        self.weight_files: list[str] = []
+        kwargs = {}
+        if isinstance(feature, int):
+            path = resolve("inception", weights_path)
+            _check_plain_state_dict(path)
+            kwargs["feature_extractor_weights_path"] = str(path)
+            self.weight_files.append(str(path))
+        self.fid = FrechetInceptionDistance(feature=feature, normalize=False, sync_on_compute=False, **kwargs)
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        self.fid.update(real, real=True)
+        self.fid.update(fake, real=False)
+
+    def compute(self) -> float:
+        """The FID of every rank's images together (collective: every rank calls it)."""
+        for side in ("real", "fake"):
+            for state in ("features_sum", "features_cov_sum", "features_num_samples"):
+                name = f"{side}_{state}"
+                setattr(self.fid, name, all_reduce_sum(getattr(self.fid, name)))
+        if not hasattr(self.fid, "orig_dtype"):  # set by update(); a rank that read no image never called it
+            self.fid.orig_dtype = torch.float32
+        value = float(self.fid.compute())
+        self.fid.reset()
+        return value
+
+    def describe(self) -> str:
+        if isinstance(self.feature, nn.Module):
+            return f"torchmetrics FrechetInceptionDistance with the custom feature extractor {type(self.feature).__name__}"
+        return (f"torchmetrics FrechetInceptionDistance, Inception-v3 pool features ({self.feature}), torch-fidelity "
+                "weights; inputs vs reconstructions as uint8, resized to 299 x 299 bilinear with antialias "
+                "(torchmetrics' default: published FIDs from TF / clean-fid resize differently, so compare rFIDs "
+                "computed the same way, on the same images, at the same count)")
+
+
+PSNR_DESCRIPTION = (f"per-image PSNR (dB) on the 8-bit images (input and reconstruction rounded to uint8 like a saved "
+                    f"PNG), MSE over channels and pixels, peak 255, capped at {PSNR_CAP_DB:g} dB; mean over images")
+SSIM_DESCRIPTION = (f"torchmetrics structural_similarity_index_measure on the 8-bit images scaled to [0, 1], "
+                    f"data_range=1, gaussian window {SSIM_KERNEL}x{SSIM_KERNEL} sigma {SSIM_SIGMA}, k1={SSIM_K1}, "
+                    f"k2={SSIM_K2}, per channel, averaged over the valid region (windows inside the image, as Wang et "
+                    "al.'s code and skimage; not torchmetrics' own mean, which includes the reflect-padded border), "
+                    "per image; mean over images")
+
+
+def fid_sample_note(n_images: int, feature_dim: int) -> str | None:
+    """A warning for the report when the image count is too small for a stable FID."""
+    if n_images <= feature_dim:
+        return (f"rFID from {n_images} images with {feature_dim}-dimensional features: the covariances are "
+                "rank-deficient and the value is strongly biased by the image count; compare only at equal counts")
+    return None
+
+
+def feature_dim(fid: FIDMetric) -> int:
+    return int(fid.fid.real_features_sum.shape[0])
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,58 @@
+"""Arguments of `latentae train` and `train/train.py` (the same code): a YAML preset and key=value overrides."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a KL autoencoder or VQ tokenizer (run under `accelerate launch` or torchrun for several processes)"
+EPILOG = """examples:
+  latentae train --config configs/tiny-kl.yaml data.train=shards/train-{00000..00003}.tar train.max_steps=200
+  accelerate launch --num_processes 8 train/train.py --config configs/sd-kl-f8.yaml \\
+      output_dir=runs/kl data.train='/data/laion/{00000..09999}.tar' train.resume=auto
+The resolved config is saved as OUTPUT_DIR/config.yaml; checkpoints go to OUTPUT_DIR/checkpoints/step-N,
+TensorBoard logs to OUTPUT_DIR/logs, and the final model (EMA weights when train.ema_decay is set) to
+OUTPUT_DIR/export in the diffusers format."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--config", required=True, help="YAML preset, e.g. configs/sd-kl-f8.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dot-list overrides, e.g. train.max_steps=1000 loss.perceptual_weight=0")
+
+
+def load_run_config(path: str, overrides: list[str]):
+    from latentae.config import apply_overrides, from_dict, read_yaml
+    from latentae.trainer.config import RunConfig
+    from latentae.trainer.loop import check_finetune_config
+
+    raw = apply_overrides(read_yaml(path), overrides)
+    check_finetune_config(raw)
+    return from_dict(RunConfig, raw)
+
+
+def run(args) -> int:
+    from latentae.trainer.loop import Run
+
+    cfg = load_run_config(args.config, args.overrides)
+    run_ = Run(cfg)
+    export_dir = run_.fit()
+    run_.accelerator.print(f"done: step {run_.state.step}; model exported to {export_dir} "
+                           f"(diffusers format); checkpoints in {run_.out / 'checkpoints'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from latentae.config import ConfigError
+    from latentae.errors import LatentaeError
+
+    parser = argparse.ArgumentParser(prog="train/train.py", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (LatentaeError, ConfigError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,246 @@
+"""The training run: small factory calls, then one loop of generator + discriminator steps.
+
+Correctness choices (each has a test):
+- the model runs through the module accelerate wraps (DDP: gradients are all-reduced); the discriminator update
+  runs through its own wrapper (see AutoencoderLoss); LPIPS is frozen and never prepared;
+- both models sit in one `accelerator.accumulate` context per micro-batch, both optimizers step every iteration;
+- learning rates are used as configured, never scaled by batch size or process count;
+- mixed precision is autocast only: trainable weights stay fp32;
+- randomness (posterior noise, Gumbel noise) is seeded from (seed, rank, step), and the data stream is a function
+  of (seed, rank, worker, step), so a resumed run repeats exactly what the uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from latentae.config import ConfigError, to_dict
+from latentae.data.reader import train_loader
+from latentae.errors import LatentaeError
+from latentae.losses import AutoencoderLoss
+from latentae.models import build_model
+from latentae.models.config import config_of
+from latentae.trainer import checkpoint
+from latentae.trainer.checkpoint import TrainState
+from latentae.trainer.config import RunConfig
+from latentae.trainer.monitor import Monitor
+from latentae.trainer.optim import build_optimizers, lr_factor, select_trainable, set_lr
+
+
+def make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def make_model(cfg: RunConfig):
+    """A fresh model, or `train.init_from` (any format latentae.load opens) for fine-tuning; then the trainable
+    selection, and the speed options."""
+    if cfg.train.init_from:
+        from latentae.loading import load
+
+        model = load(cfg.train.init_from)
+        cfg.model = config_of(model)  # the run's saved config records the architecture actually trained
+    else:
+        model = build_model(cfg.model)
+    model.train()
+    select_trainable(model, cfg.train.trainable)
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_ema(model, cfg: RunConfig):
+    if cfg.train.ema_decay is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(model.parameters(), decay=cfg.train.ema_decay)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank) * 1_000_033 + step
+
+
+def save_config(cfg: RunConfig, accelerator) -> None:
+    if accelerator.is_main_process:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+class Run:
+    """Holds the prepared pieces; `fit()` trains to `train.max_steps` and exports."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.accelerator = acc = make_accelerator(cfg)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every run of this config
+        self.model = make_model(cfg)
+        self.loss = AutoencoderLoss(cfg.loss, family=self.model.family).to(acc.device)
+        self.ema = make_ema(self.model, cfg)
+        self.state = TrainState()
+        opt_g, opt_d = build_optimizers(self.model, self.loss.discriminator, cfg.train)
+        self.model_ddp, disc_ddp, self.opt_g, self.opt_d = acc.prepare(self.model, self.loss.discriminator,
+                                                                         opt_g, opt_d)
+        self.loss.set_prepared_discriminator(disc_ddp)
+        self.disc_ddp = disc_ddp
+        acc.register_for_checkpointing(self.state)
+        if self.ema is not None:
+            self.ema.to(acc.device)
+            acc.register_for_checkpointing(self.ema)
+        if self.loss.lecam is not None:
+            acc.register_for_checkpointing(self.loss.lecam)
+        if self.cfg.train.compile:
+            self.model.compile()
+        self.resumed_from = checkpoint.resolve_resume(cfg.train.resume, self.out / "checkpoints")
+        if self.resumed_from is not None:
+            acc.load_state(str(self.resumed_from))
+        save_config(cfg, acc)
+        acc.init_trackers("tensorboard")
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self, batches, step: int, monitor: Monitor) -> dict:
+        acc, cfg = self.accelerator, self.cfg.train
+        factor = lr_factor(step, cfg)
+        set_lr(self.opt_g, cfg.lr * factor)
+        set_lr(self.opt_d, (cfg.disc_lr or cfg.lr) * factor)
+        d_active = self.loss.discriminator_active(step)
+        finite_window = True
+        logs: dict = {}
+        for micro in range(cfg.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            monitor.add_data_wait(time.perf_counter() - t0)
+            # After the fetch: an in-process loader may draw from the global RNG differently after a resume.
+            torch.manual_seed(step_seed(self.cfg.seed, acc.process_index, step * cfg.grad_accum + micro))
+            for reason, n in batch["skipped"].items():
+                self.state.samples_skipped[reason] = self.state.samples_skipped.get(reason, 0) + n
+            images = batch["image"].to(acc.device, non_blocking=True)
+            if self.cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with acc.accumulate(self.model_ddp, self.disc_ddp):
+                out = self.model_ddp(images)
+                g_total, g_logs = self.loss(images, out.reconstruction, step=step, mode="generator",
+                                            posterior=out.posterior, quant=out.quant,
+                                            last_layer=self.model.last_layer())
+                finite = self._all_finite(g_total)
+                finite_window &= finite
+                # Every rank runs backward even on a non-finite loss (DDP expects it); the update is skipped.
+                acc.backward(g_total if finite else g_total * 0.0)
+                logs.update(g_logs)
+                if d_active and finite:
+                    d_total, d_logs = self.loss(images, out.reconstruction, step=step, mode="discriminator")
+                    acc.backward(d_total)
+                    logs.update({k: v for k, v in d_logs.items() if k != "loss/total"})
+                    logs["loss/disc_total"] = d_total.detach()
+                if acc.sync_gradients:
+                    if finite_window:
+                        logs.update(self._update(d_active))
+                    self.opt_g.zero_grad(set_to_none=True)
+                    self.opt_d.zero_grad(set_to_none=True)
+        self._count_nan(finite_window, step)
+        logs["lr"] = cfg.lr * factor
+        logs["nan_skipped"] = self.state.nan_skipped
+        self.last_images = (images, out.reconstruction)
+        return logs
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.isfinite(loss.detach()).float().reshape(1)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
+
+    def _update(self, d_active: bool) -> dict:
+        acc, cfg = self.accelerator, self.cfg.train
+        logs = {"grad_norm/generator": self._clip(self.model.parameters(), cfg.grad_clip)}
+        self.opt_g.step()
+        if d_active:
+            logs["grad_norm/discriminator"] = self._clip(self.loss.discriminator.parameters(), cfg.disc_grad_clip)
+            self.opt_d.step()
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
+        return logs
+
+    def _clip(self, params, max_norm):
+        params = [p for p in params if p.requires_grad]
+        if max_norm is not None:
+            return self.accelerator.clip_grad_norm_(params, max_norm).detach()
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        return torch.stack(grads).norm() if grads else torch.zeros(())
+
+    def _count_nan(self, finite: bool, step: int) -> None:
+        if finite:
+            self.state.consecutive_nan = 0
+            return
+        self.state.nan_skipped += 1
+        self.state.consecutive_nan += 1
+        if self.state.consecutive_nan >= self.cfg.train.max_consecutive_nan:
+            self.state.step = step  # the weights are those before this step: resume redoes it
+            saved = checkpoint.save(self.accelerator, self.out / "checkpoints", step, self.cfg.train.keep_checkpoints)
+            raise LatentaeError(
+                f"{self.state.consecutive_nan} non-finite losses in a row (step {step}, "
+                f"{self.state.nan_skipped} skipped in total): stopping. The weights before them are saved in "
+                f"{saved}; lower train.lr, enable train.grad_clip, or check the data")
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> Path:
+        acc, cfg = self.accelerator, self.cfg
+        start = self.state.step
+        if start >= cfg.train.max_steps:
+            acc.print(f"already at step {start} >= train.max_steps={cfg.train.max_steps}: nothing to train")
+        batches = iter(train_loader(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed,
+                                    rank=acc.process_index, world_size=acc.num_processes,
+                                    start_step=start * cfg.train.grad_accum))
+        monitor = Monitor(acc, start_step=start, max_steps=cfg.train.max_steps, log_every=cfg.train.log_every,
+                          images_per_step=cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum)
+        for step in range(start, cfg.train.max_steps):
+            logs = self.train_step(batches, step, monitor)
+            self.state.step = done = step + 1
+            monitor.step_done(done, logs, self.state.samples_skipped)
+            if cfg.train.image_every and done % cfg.train.image_every == 0:
+                monitor.images(done, *self.last_images)
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.max_steps:
+                checkpoint.save(acc, self.out / "checkpoints", done, cfg.train.keep_checkpoints)
+        monitor.close()
+        export_dir = self.export()
+        acc.end_training()
+        return export_dir
+
+    def export_model(self):
+        """The model to export: a copy with the EMA weights when EMA is on, else the trained model."""
+        model = self.model
+        if self.ema is not None:
+            model = copy.deepcopy(model)
+            self.ema.copy_to(model.parameters())
+        return model
+
+    def export(self) -> Path:
+        from latentae.exporting import export
+
+        target = self.out / "export"
+        if self.accelerator.is_main_process:
+            export(self.export_model().eval(), target,
+                   metadata={"step": self.state.step, "ema": self.ema is not None, "run": str(self.out),
+                             "samples_skipped": self.state.samples_skipped, "nan_skipped": self.state.nan_skipped})
+        self.accelerator.wait_for_everyone()
+        return target
+
+
+def check_finetune_config(raw: dict) -> None:
+    """With train.init_from the architecture comes from that model: a model: section would be ignored."""
+    if (raw.get("train") or {}).get("init_from") and raw.get("model"):
+        raise ConfigError("config keys 'model.*' cannot be combined with 'train.init_from': the architecture is "
+                          f"the pretrained model's (remove {', '.join('model.' + k for k in raw['model'])})")

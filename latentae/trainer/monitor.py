@@ -1,0 +1,65 @@
+"""What a run reports: TensorBoard scalars and image grids, a progress bar, and the throughput it measures."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from latentae.data.skips import REASONS
+
+
+def image_grid(images: Tensor, reconstructions: Tensor, n: int = 4) -> Tensor:
+    """Rows: input, reconstruction, |difference| (x2, so small errors show); [3, H', W'] in [0, 1]."""
+    from torchvision.utils import make_grid
+
+    x = images[:n].detach().float().clamp(-1, 1)
+    r = reconstructions[:n].detach().float().clamp(-1, 1)
+    diff = (x - r).abs().mul(2).clamp(0, 2) - 1
+    return make_grid(torch.cat([x, r, diff]).add(1).div(2), nrow=len(x), padding=2)
+
+
+class Monitor:
+    """Accumulates per-step numbers and writes them every `log_every` steps (all ranks call `step_done`)."""
+
+    def __init__(self, accelerator, *, start_step: int, max_steps: int, log_every: int, images_per_step: int):
+        self.accelerator = accelerator
+        self.log_every = log_every
+        self.images_per_step = images_per_step
+        self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True,
+                        disable=not accelerator.is_main_process)
+        self.window_start = time.perf_counter()
+        self.window_steps = 0
+        self.data_wait = 0.0
+
+    def add_data_wait(self, seconds: float) -> None:
+        self.data_wait += seconds
+
+    def step_done(self, step: int, logs: dict[str, Tensor | float], skipped: dict[str, int]) -> None:
+        """`step` is the number of optimizer steps done; logs are written with the `train/` prefix."""
+        self.window_steps += 1
+        self.bar.update(1)
+        if step % self.log_every and step != self.bar.total:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        img_s = self.window_steps * self.images_per_step / max(elapsed, 1e-9)
+        scalars = {f"train/{k}": float(v) for k, v in logs.items()}
+        scalars["train/img_per_s"] = img_s
+        scalars["train/data_wait_s"] = self.data_wait / self.window_steps
+        counts = torch.tensor([skipped.get(r, 0) for r in REASONS], dtype=torch.float64,
+                              device=self.accelerator.device)
+        counts = self.accelerator.reduce(counts, reduction="sum")  # every rank's skips, not just rank 0's
+        scalars.update({f"train/skipped/{r}": float(c) for r, c in zip(REASONS, counts.tolist())})
+        self.accelerator.log(scalars, step=step)
+        self.bar.set_postfix(loss=f"{scalars.get('train/loss/total', float('nan')):.4f}", img_s=f"{img_s:.1f}")
+        self.window_start, self.window_steps, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def images(self, step: int, images: Tensor, reconstructions: Tensor) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        writer.add_image("train/input_reconstruction_difference", image_grid(images, reconstructions), step)
+
+    def close(self) -> None:
+        self.bar.close()

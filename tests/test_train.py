@@ -1,0 +1,180 @@
+"""Trainer behaviour in one process: resume after kill -9, atomic checkpoints, bf16, fine-tuning, NaN guard."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_run_overrides
+from latentae.config import ConfigError
+from latentae.errors import LatentaeError
+from latentae.trainer import checkpoint
+from latentae.trainer.cli import load_run_config
+from latentae.trainer.loop import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = str(ROOT / "configs" / "tiny-kl.yaml")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; runs with other precision settings need it cleared."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def config(tmp_path, demo_images, *extra):
+    return load_run_config(PRESET, tiny_run_overrides(tmp_path, demo_images, *extra))
+
+
+def train_cli(tmp_path, demo_images, *extra) -> subprocess.Popen:
+    args = [sys.executable, "-m", "latentae.cli", "train", "--config", PRESET,
+            *tiny_run_overrides(tmp_path, demo_images, *extra)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    ckpt = run_dir / "checkpoints" / f"step-{step:08d}"
+    model = {f"g.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
+    disc = {f"d.{k}": v for k, v in load_file(ckpt / "model_1.safetensors").items()}
+    return model | disc
+
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path, demo_images):
+    steps = ["train.max_steps=10", "train.checkpoint_every=2"]
+    whole = train_cli(tmp_path / "whole", demo_images, *steps)
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+
+    killed = train_cli(tmp_path / "killed", demo_images, *steps)
+    marker = tmp_path / "killed" / "checkpoints" / "step-00000004"
+    deadline = time.time() + 300
+    while not marker.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert not (tmp_path / "killed" / "checkpoints" / "step-00000010").exists(), "finished before the kill"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = train_cli(tmp_path / "killed", demo_images, *steps, "train.resume=auto")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    a, b = final_weights(tmp_path / "whole", 10), final_weights(tmp_path / "killed", 10)
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+    assert any((a[k] != 0).any() for k in a if k.startswith("d."))  # D trained too (disc from step 0)
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, demo_images, monkeypatch):
+    cfg = config(tmp_path, demo_images, "train.max_steps=2", "train.checkpoint_every=1")
+    run = Run(cfg)
+    run.fit()
+    ckpts = tmp_path / "checkpoints"
+    assert [p.name for p in checkpoint.checkpoints(ckpts)] == ["step-00000001", "step-00000002"]
+
+    def dies_halfway(output_dir, **kwargs):
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"trunc")
+        raise KeyboardInterrupt  # as if killed in the middle of writing
+
+    monkeypatch.setattr(run.accelerator, "save_state", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(run.accelerator, ckpts, 3, keep=2)
+    assert (ckpts / ".tmp-step-00000003").exists()
+    assert checkpoint.resolve_resume("auto", ckpts).name == "step-00000002"
+    monkeypatch.undo()
+    resumed = Run(config(tmp_path, demo_images, "train.max_steps=2", "train.resume=auto"))
+    assert resumed.state.step == 2
+    for (name, p), q in zip(run.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_bf16_autocast_keeps_fp32_weights(tmp_path, demo_images):
+    run = Run(config(tmp_path, demo_images, "train.max_steps=3", "train.mixed_precision=bf16",
+                     "train.checkpoint_every=100"))
+    seen = []
+    run.model.decoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    run.fit()
+    assert torch.bfloat16 in seen  # autocast really ran the model in bf16
+    for module in (run.model, run.loss.discriminator):
+        for name, p in module.named_parameters():
+            assert p.dtype == torch.float32, name
+    assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_decoder_only_finetune_from_diffusers_dir(tmp_path, demo_images):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae.save_pretrained(tmp_path / "pretrained")
+    overrides = [f"train.init_from={tmp_path / 'pretrained'}", "train.trainable=[decoder,post_quant_conv]",
+                 "train.max_steps=3", "train.checkpoint_every=100"]
+    args = [o for o in tiny_run_overrides(tmp_path / "run", demo_images, *overrides) if not o.startswith("model.")]
+    with pytest.raises(ConfigError, match="cannot be combined with 'train.init_from'"):
+        load_run_config(PRESET, tiny_run_overrides(tmp_path / "run", demo_images, *overrides))
+    import yaml
+
+    preset = yaml.safe_load(Path(PRESET).read_text())
+    del preset["model"]
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(preset))
+    run = Run(load_run_config(str(tmp_path / "ft.yaml"), args))
+    run.fit()
+    tuned = AutoencoderKL.from_pretrained(tmp_path / "run" / "export")
+    original = vae.state_dict()
+    for name, value in tuned.state_dict().items():
+        same = torch.equal(value, original[name])
+        if name.startswith(("encoder.", "quant_conv.")):
+            assert same, f"{name} changed"
+    assert not torch.equal(tuned.decoder.conv_out.weight, original["decoder.conv_out.weight"])
+
+
+def test_nan_losses_skipped_counted_then_stop(tmp_path, demo_images, monkeypatch):
+    from latentae.losses import AutoencoderLoss
+
+    real = AutoencoderLoss.forward
+    bad_steps = {1}
+
+    def poisoned(self, images, rec, *, step, mode="generator", **kw):
+        total, logs = real(self, images, rec, step=step, mode=mode, **kw)
+        return (total * float("nan") if mode == "generator" and step in bad_steps else total), logs
+
+    monkeypatch.setattr(AutoencoderLoss, "forward", poisoned)
+    run = Run(config(tmp_path / "a", demo_images, "train.max_steps=3", "train.checkpoint_every=100"))
+    snapshots = []
+    original_step = run.train_step
+
+    def recording(batches, step, monitor):
+        snapshots.append(run.model.decoder.conv_out.weight.detach().clone())
+        return original_step(batches, step, monitor)
+
+    run.train_step = recording
+    run.fit()
+    assert run.state.nan_skipped == 1 and run.state.consecutive_nan == 0
+    assert torch.equal(snapshots[1], snapshots[2])  # the poisoned step changed nothing
+    assert not torch.equal(snapshots[0], snapshots[1])
+
+    bad_steps.update(range(1, 100))
+    run = Run(config(tmp_path / "b", demo_images, "train.max_steps=10", "train.max_consecutive_nan=3"))
+    with pytest.raises(LatentaeError, match="3 non-finite losses in a row"):
+        run.fit()
+    saved = checkpoint.resolve_resume("auto", tmp_path / "b" / "checkpoints")
+    assert saved.name == "step-00000003"
+    resumed = Run(config(tmp_path / "b", demo_images, "train.max_steps=10", "train.resume=auto"))
+    assert resumed.state.nan_skipped == 3 and resumed.state.step == 3
+
+
+def test_config_errors_name_the_key(tmp_path, demo_images):
+    with pytest.raises(ConfigError, match="train.max_stpes.*max_steps"):
+        load_run_config(PRESET, ["train.max_stpes=3"])
+    with pytest.raises(ConfigError, match="loss.disc.norm"):
+        load_run_config(PRESET, ["loss.disc.norm=layer"])
