@@ -35,3 +35,12 @@ def tiny_run_overrides(output_dir, data, *extra) -> list[str]:
             "data.shuffle_buffer=8", "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
             "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=2", "train.batch_size=4",
             "train.log_every=1", "train.image_every=0", "eval.every=0", *extra]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (torchrun's --master_port 0 hangs with the c10d rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -46,7 +46,8 @@ def add_arguments(p):
                    "(data-{0000..0009}.tar), glob, or a comma-separated list of these")
     p.add_argument("--resolution", type=_positive, default=256, help="center-crop side in pixels (default: 256)")
     p.add_argument("--batch-size", type=_positive, default=16, help="images per batch and process (default: 16)")
-    p.add_argument("--max-images", type=_positive, help="evaluate only the first N images (all by default)")
+    p.add_argument("--max-images", type=_positive, help="evaluate only N images (default: all): the first N in "
+                   "one process; under P processes the first N/P of each process's share of the files")
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
                    help="comma-separated subset of psnr,ssim,lpips,rfid (default: all)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
@@ -63,21 +64,22 @@ def run(args):
 
     from latentae.data import DataConfig, eval_loader
     from latentae.evaluation import evaluate, markdown, write_report
+    from latentae.evaluation.evaluator import check_metrics
     from latentae.loading import load
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = load(args.model, device=accelerator.device)
     cfg = DataConfig(resolution=args.resolution, num_workers=args.num_workers)
     batches = eval_loader(cfg, batch_size=args.batch_size, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, source=args.data)
-    result = evaluate(model, batches, metrics=metrics, accelerator=accelerator, lpips_net=args.lpips_net,
-                      bf16=args.bf16, max_images=args.max_images, examples=args.grids, progress=True,
-                      data_name=args.data)
+    result = evaluate(model, batches, metrics=metrics, lpips_net=args.lpips_net, bf16=args.bf16,
+                      max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data)
     if accelerator.is_main_process:
         setup = {"model": str(args.model), "model_class": type(model).__name__, "data": str(args.data),
-                 "resolution": args.resolution, "crop": CROP, "max_images": args.max_images,
-                 "lpips_net": args.lpips_net}
+                 "resolution": args.resolution, "crop": CROP, "max_images": args.max_images}
+        if "lpips" in metrics:
+            setup["lpips_net"] = args.lpips_net
         output = Path(args.output or f"eval-{Path(args.model).resolve().name}")
         written = write_report(result, output, setup)
         print(markdown(result, setup))

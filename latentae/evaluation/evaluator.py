@@ -12,9 +12,8 @@ reconstruct from the posterior mean (deterministic); tokenizers through their qu
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -26,10 +25,9 @@ from latentae.errors import LatentaeError, MissingWeightsError, ModelFormatError
 from latentae.evaluation import bottleneck as bottleneck_mod
 from latentae.evaluation.gather import all_reduce_sum, any_rank, gather_cat, gather_objects, world_size
 from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
-                                         feature_dim, fid_sample_note, psnr_per_image, ssim_per_image, to_uint8)
+                                         psnr_per_image, ssim_per_image, to_uint8)
 
 DEFAULT_METRICS = IMAGE_METRICS
-PER_IMAGE = ("psnr", "ssim", "lpips")  # metrics with one value per image
 
 
 @dataclass
@@ -54,10 +52,16 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: everything but the per-image values and the example images."""
-        out = asdict(self)
-        for key in ("image_keys", "per_image", "examples"):
-            out.pop(key)
-        return out
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("image_keys", "per_image", "examples")}
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """The requested metric names without repeats; unknown names raise LatentaeError."""
+    unknown = [m for m in metrics if m not in IMAGE_METRICS]
+    if unknown:
+        raise LatentaeError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(IMAGE_METRICS)}")
+    return list(dict.fromkeys(metrics))
 
 
 def _build_meters(metrics: Sequence[str], *, lpips_net: str, lpips_trunk, fid_feature, fid_weights,
@@ -90,15 +94,28 @@ def _local_cap(max_images: int | None, rank: int, ranks: int) -> int | None:
     return max_images // ranks + (1 if rank < max_images % ranks else 0)
 
 
-def _skip_counts(batches, device: torch.device) -> dict[str, int]:
-    counter = getattr(batches, "skipped", None)  # BatchLoader's SkipCounter
-    local = counter.as_dict() if counter is not None else {}
-    total = all_reduce_sum(torch.tensor([local.get(r, 0) for r in REASONS], dtype=torch.long, device=device))
+def _skip_counts(batches) -> dict[str, int]:
+    """The data reader's skip counts so far (BatchLoader.skipped; nothing for a plain iterable)."""
+    counter = getattr(batches, "skipped", None)
+    return counter.as_dict() if counter is not None else {}
+
+
+def _total_skips(before: dict[str, int], after: dict[str, int], device: torch.device) -> dict[str, int]:
+    """Samples skipped during this evaluation (a reused loader keeps counting), summed over ranks."""
+    local = [after.get(r, 0) - before.get(r, 0) for r in REASONS]
+    total = all_reduce_sum(torch.tensor(local, dtype=torch.long, device=device))
     return {r: int(n) for r, n in zip(REASONS, total.tolist()) if n}
 
 
 def _rank() -> int:
     return torch.distributed.get_rank() if world_size() > 1 else 0
+
+
+def _reconstruct(model: nn.Module, x: Tensor, bf16: bool):
+    """The model's AutoencoderOutput for fp32 images `x`; KL models decode the posterior mean."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        x = x.to(model.dtype)
+        return model(x, sample_posterior=False) if model.family == "kl" else model(x)
 
 
 @torch.no_grad()
@@ -107,7 +124,7 @@ def evaluate(
     batches: Iterable[dict],  # this rank's {"image": float [B, 3, H, W] in [-1, 1], "key": [...]} batches
     *,
     metrics: Sequence[str] = DEFAULT_METRICS,  # any of psnr, ssim, lpips, rfid; bottleneck stats always run
-    accelerator=None,  # accelerate.Accelerator: its device; without one, the model's device
+    accelerator=None,  # accelerate.Accelerator that prepared `model` (to unwrap it); collectives need no more
     lpips_net: str = "alex",  # LPIPS trunk: alex (the usual metric) or vgg
     lpips_trunk: str | Path | None = None,  # explicit trunk weight file (default: latentae.weights lookup)
     fid_feature: int | nn.Module = 2048,  # Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
@@ -116,38 +133,36 @@ def evaluate(
     max_images: int | None = None,  # stop after this many images in all (split over ranks); None: all
     examples: int = 0,  # keep this many of the main process's first inputs / reconstructions (for grids)
     active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
-    progress: bool = False,  # progress bar with images/s on the main process
+    progress: bool = False,  # progress bar with images/s on the main process (when stderr is a terminal)
     data_name: str = "the evaluation data",  # how error messages name the data
 ) -> EvalResult:
     """Reconstruct every image of `batches` and measure it; see the module docstring. Every rank must call this
     (collectives run at the end). The model is left as it was (eval mode inside, train mode restored)."""
-    unknown = [m for m in metrics if m not in IMAGE_METRICS]
-    if unknown:
-        raise LatentaeError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(IMAGE_METRICS)}")
-    metrics = list(dict.fromkeys(metrics))
+    metrics = check_metrics(metrics)
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     if getattr(model, "family", None) not in ("kl", "vq"):
         raise ModelFormatError(f"evaluate() takes a KLAutoencoder or VQTokenizer (latentae.load opens the others), "
                                f"got {type(model).__name__}")
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    device = next(model.parameters()).device  # under accelerate: the accelerator's device
     rank, ranks = _rank(), world_size()
     main = rank == 0
 
     meters, unavailable = _build_meters(metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk,
                                         fid_feature=fid_feature, fid_weights=fid_weights, device=device)
     stats = bottleneck_mod.bottleneck_stats(model, device, active_threshold=active_threshold)
-    per_image_fns = {"psnr": psnr_per_image, "ssim": ssim_per_image, **{k: v for k, v in meters.items() if k in PER_IMAGE}}
-    per_image_fns = {k: v for k, v in per_image_fns.items() if k in metrics}
+    per_image_fns = {"psnr": psnr_per_image, "ssim": ssim_per_image, "lpips": meters.get("lpips")}
+    per_image_fns = {k: fn for k, fn in per_image_fns.items() if k in metrics and fn is not None}
     values: dict[str, list[Tensor]] = {k: [] for k in per_image_fns}
     keys: list[str] = []
     kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
     cap = _local_cap(max_images, rank, ranks)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cap, unit="img", desc="eval", dynamic_ncols=True, disable=not (progress and main))
+    # disable=None: no bar when stderr is not a terminal (logs, captured output)
+    bar = tqdm(total=cap, unit="img", desc="eval", dynamic_ncols=True, disable=None if progress and main else True)
+    skips_before = _skip_counts(batches)
     was_training = model.training
     model.eval()
     try:
@@ -156,8 +171,7 @@ def evaluate(
             if not len(images):
                 continue
             x = images.to(device, non_blocking=True)
-            with autocast:
-                out = model(x.to(model.dtype), sample_posterior=False) if model.family == "kl" else model(x.to(model.dtype))
+            out = _reconstruct(model, x, bf16)
             real, fake = to_uint8(x), to_uint8(out.reconstruction)
             for name, fn in per_image_fns.items():
                 values[name].append(fn(real, fake).double())
@@ -177,7 +191,7 @@ def evaluate(
         bar.close()
 
     # One gather: every rank holds the whole set's values from here on.
-    skipped = _skip_counts(batches, device)
+    skipped = _total_skips(skips_before, _skip_counts(batches), device)
     per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
                  for k, v in values.items()}
     image_keys = gather_objects(keys)
@@ -198,12 +212,11 @@ def evaluate(
             protocol["metrics"][name] = meters[name].describe()
             protocol["weight_files"][name] = meters[name].weight_files
     if "rfid" in meters:
-        if n_images < 2:
+        if n_images < 2:  # the same branch on every rank: n_images is global
             unavailable["rfid"] = f"FID needs at least 2 images, got {n_images}"
-            meters["rfid"].fid.reset()
         else:
             results["rfid"] = meters["rfid"].compute()
-            note = fid_sample_note(n_images, feature_dim(meters["rfid"]))
+            note = meters["rfid"].sample_note(n_images)
             if note:
                 protocol["notes"].append(note)
     results.update(stats.compute())

@@ -10,13 +10,12 @@ raises MissingWeightsError with one message, which the evaluator reports as the 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from latentae.errors import ModelFormatError
+from latentae.errors import LatentaeError, ModelFormatError
 from latentae.evaluation.gather import all_reduce_sum
 from latentae.losses.perceptual import TRUNK_WEIGHTS, PerceptualLoss
 from latentae.weights import resolve
@@ -39,14 +38,20 @@ def psnr_per_image(real: Tensor, fake: Tensor) -> Tensor:
     return psnr.clamp(max=PSNR_CAP_DB)  # mse 0 -> inf -> cap
 
 
+PSNR_DESCRIPTION = (f"per-image PSNR (dB) on the 8-bit images (input and reconstruction rounded to uint8 like a saved "
+                    f"PNG), MSE over channels and pixels, peak 255, capped at {PSNR_CAP_DB:g} dB; mean over images")
+
+
 def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
     """SSIM per image of uint8 [B, 3, H, W] pairs, on [0, 1] images with data_range=1 (float64), averaged over
     the valid region: the positions whose window lies inside the image (Wang et al.'s reference code, skimage,
-    pytorch-msssim). torchmetrics >= 1.5 computes the same map but its own mean also counts the border
-    positions of a reflect-padded image; its full map is cropped here, which gives the valid mean in every
-    torchmetrics version."""
+    pytorch-msssim). torchmetrics computes the same map, but its own mean (in 1.9) also counts the border
+    positions of a reflect-padded image; its full map is cropped here instead."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
+    if min(real.shape[-2:]) < SSIM_KERNEL:
+        raise LatentaeError(f"SSIM needs images of at least {SSIM_KERNEL} x {SSIM_KERNEL} pixels, got "
+                         f"{tuple(real.shape[-2:])}")
     _, full = structural_similarity_index_measure(
         fake.double() / 255, real.double() / 255, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_KERNEL,
         data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, reduction="none", return_full_image=True)
@@ -54,6 +59,13 @@ def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
         raise RuntimeError(f"unexpected SSIM map of shape {tuple(full.shape)} for images {tuple(real.shape)}")
     pad = SSIM_KERNEL // 2
     return full[..., pad:-pad, pad:-pad].flatten(1).mean(1)
+
+
+SSIM_DESCRIPTION = (f"torchmetrics structural_similarity_index_measure on the 8-bit images scaled to [0, 1], "
+                    f"data_range=1, gaussian window {SSIM_KERNEL}x{SSIM_KERNEL} sigma {SSIM_SIGMA}, k1={SSIM_K1}, "
+                    f"k2={SSIM_K2}, per channel, averaged over the valid region (windows inside the image, as Wang et "
+                    "al.'s code and skimage; not torchmetrics' own mean, which includes the reflect-padded border), "
+                    "per image; mean over images")
 
 
 def uint8_to_unit(images: Tensor) -> Tensor:
@@ -129,35 +141,19 @@ class FIDMetric(nn.Module):
         self.fid.reset()
         return value
 
+    def sample_note(self, n_images: int) -> str | None:
+        """A warning for the report when there are too few images for a stable FID."""
+        dim = int(self.fid.real_features_sum.shape[0])
+        if n_images > dim:
+            return None
+        return (f"rFID from {n_images} images with {dim}-dimensional features: the covariances are rank-deficient "
+                "and the value depends strongly on the image count; compare only at equal counts")
+
     def describe(self) -> str:
         if isinstance(self.feature, nn.Module):
-            return f"torchmetrics FrechetInceptionDistance with the custom feature extractor {type(self.feature).__name__}"
+            return ("torchmetrics FrechetInceptionDistance with the custom feature extractor "
+                    f"{type(self.feature).__name__}")
         return (f"torchmetrics FrechetInceptionDistance, Inception-v3 pool features ({self.feature}), torch-fidelity "
                 "weights; inputs vs reconstructions as uint8, resized to 299 x 299 bilinear with antialias "
                 "(torchmetrics' default: published FIDs from TF / clean-fid resize differently, so compare rFIDs "
                 "computed the same way, on the same images, at the same count)")
-
-
-PSNR_DESCRIPTION = (f"per-image PSNR (dB) on the 8-bit images (input and reconstruction rounded to uint8 like a saved "
-                    f"PNG), MSE over channels and pixels, peak 255, capped at {PSNR_CAP_DB:g} dB; mean over images")
-SSIM_DESCRIPTION = (f"torchmetrics structural_similarity_index_measure on the 8-bit images scaled to [0, 1], "
-                    f"data_range=1, gaussian window {SSIM_KERNEL}x{SSIM_KERNEL} sigma {SSIM_SIGMA}, k1={SSIM_K1}, "
-                    f"k2={SSIM_K2}, per channel, averaged over the valid region (windows inside the image, as Wang et "
-                    "al.'s code and skimage; not torchmetrics' own mean, which includes the reflect-padded border), "
-                    "per image; mean over images")
-
-
-def fid_sample_note(n_images: int, feature_dim: int) -> str | None:
-    """A warning for the report when the image count is too small for a stable FID."""
-    if n_images <= feature_dim:
-        return (f"rFID from {n_images} images with {feature_dim}-dimensional features: the covariances are "
-                "rank-deficient and the value is strongly biased by the image count; compare only at equal counts")
-    return None
-
-
-def feature_dim(fid: FIDMetric) -> int:
-    return int(fid.fid.real_features_sum.shape[0])
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

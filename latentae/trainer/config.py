@@ -40,6 +40,9 @@ class TrainConfig:
     trainable: list[str] = field(default_factory=lambda: ["all"])  # parameter-name prefixes, e.g. [decoder]
 
     def __post_init__(self):
+        if self.trainable != ["all"] and not self.init_from:
+            raise ConfigError("config key 'train.trainable' selects what to fine-tune: set train.init_from to the "
+                              "pretrained model (a diffusers directory, a latentae export or an LDM checkpoint)")
         for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(self, name)}")

@@ -107,6 +107,7 @@ class Run:
             acc.register_for_checkpointing(self.loss.lecam)
         if self.cfg.train.compile:
             self.model.compile()
+        self.val_batches = None
         self.resumed_from = checkpoint.resolve_resume(cfg.train.resume, self.out / "checkpoints")
         if self.resumed_from is not None:
             acc.load_state(str(self.resumed_from))
@@ -214,10 +215,36 @@ class Run:
                 monitor.images(done, *self.last_images)
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.max_steps:
                 checkpoint.save(acc, self.out / "checkpoints", done, cfg.train.keep_checkpoints)
+            if cfg.data.val and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.train.max_steps):
+                self.validate(done, monitor)
         monitor.close()
         export_dir = self.export()
         acc.end_training()
         return export_dir
+
+    def validate(self, step: int, monitor: Monitor) -> dict:
+        """Metrics on the fixed validation subset (the first eval.max_images images of data.val, center crops);
+        the EMA weights when EMA is on, as exported. Metrics without their weights are logged as unavailable."""
+        from latentae.data.reader import eval_loader
+        from latentae.evaluation import evaluate
+
+        acc, cfg = self.accelerator, self.cfg
+        if self.val_batches is None:
+            self.val_batches = eval_loader(cfg.data, batch_size=cfg.train.batch_size, rank=acc.process_index,
+                                           world_size=acc.num_processes)
+        result = evaluate(self.export_model(), self.val_batches, metrics=tuple(cfg.eval.metrics),
+                          bf16=cfg.train.mixed_precision == "bf16", max_images=cfg.eval.max_images, examples=4,
+                          data_name="data.val")
+        values = {f"val/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        monitor.scalars(values, step)
+        if result.examples:
+            monitor.grid("val/input_reconstruction_difference", step, result.examples["input"],
+                         result.examples["reconstruction"])
+        if acc.is_main_process:
+            shown = ", ".join(f"{k[4:]} {v:.4g}" for k, v in values.items() if k[4:] in ("psnr", "ssim", "lpips", "rfid"))
+            missing = f" (unavailable: {', '.join(result.unavailable)})" if result.unavailable else ""
+            monitor.bar.write(f"step {step}: val {shown} on {result.n_images} images{missing}")
+        return values
 
     def export_model(self):
         """The model to export: a copy with the EMA weights when EMA is on, else the trained model."""

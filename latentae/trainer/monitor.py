@@ -8,16 +8,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from latentae.data.skips import REASONS
-
-
-def image_grid(images: Tensor, reconstructions: Tensor, n: int = 4) -> Tensor:
-    """Rows: input, reconstruction, |difference| (x2, so small errors show); [3, H', W'] in [0, 1]."""
-    from torchvision.utils import make_grid
-
-    x = images[:n].detach().float().clamp(-1, 1)
-    r = reconstructions[:n].detach().float().clamp(-1, 1)
-    diff = (x - r).abs().mul(2).clamp(0, 2) - 1
-    return make_grid(torch.cat([x, r, diff]).add(1).div(2), nrow=len(x), padding=2)
+from latentae.evaluation.metrics import to_uint8
+from latentae.evaluation.report import comparison_grid
 
 
 class Monitor:
@@ -55,11 +47,16 @@ class Monitor:
         self.bar.set_postfix(loss=f"{scalars.get('train/loss/total', float('nan')):.4f}", img_s=f"{img_s:.1f}")
         self.window_start, self.window_steps, self.data_wait = time.perf_counter(), 0, 0.0
 
-    def images(self, step: int, images: Tensor, reconstructions: Tensor) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-        writer.add_image("train/input_reconstruction_difference", image_grid(images, reconstructions), step)
+    def images(self, step: int, images: Tensor, reconstructions: Tensor, prefix: str = "train", n: int = 4) -> None:
+        self.grid(f"{prefix}/input_reconstruction_difference", step, to_uint8(images[:n]), to_uint8(reconstructions[:n]))
+
+    def grid(self, tag: str, step: int, inputs_u8: Tensor, reconstructions_u8: Tensor) -> None:
+        if self.accelerator.is_main_process:
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image(tag, comparison_grid(inputs_u8, reconstructions_u8), step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.accelerator.log(values, step=step)
 
     def close(self) -> None:
         self.bar.close()

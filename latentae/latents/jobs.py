@@ -1,0 +1,145 @@
+"""Units of work for encoding: input shards (and chunks of loose image files), and reading their images.
+
+Each tar / URL is one job named after its file (`data-00012.tar` -> `data-00012`). Loose image files (a
+folder, single images) are grouped in listing order into chunks of `images_per_shard` named
+`images-00000`, `images-00001`, ...: the same resume logic then applies to folders. Chunk boundaries
+depend on the folder's sorted listing, so adding files to a folder between runs shifts them (start a new
+--output, or --overwrite, after changing a folder).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from latentae.data.config import DEFAULT_MAX_PIXELS
+from latentae.data.decode import IMAGE_EXTS
+from latentae.data.reader import SampleDecoder
+from latentae.data.skips import SkipCounter, SkipSample
+from latentae.data.sources import Source, iter_samples
+from latentae.data.transforms import prepare_array
+from latentae.errors import LatentaeError
+from latentae.latents.format import MANIFEST, META, SOURCE_META, shard_name
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # output shard is <name>.tar
+    sources: tuple[Source, ...]
+
+
+def plan_jobs(sources: Sequence[Source], *, images_per_shard: int) -> list[Job]:
+    """Sources in order -> jobs; two inputs that would write the same output name raise LatentaeError."""
+    jobs: list[Job] = []
+    pending: list[Source] = []
+    chunks = 0
+
+    def flush():
+        nonlocal chunks, pending
+        jobs.append(Job(f"images-{chunks:05d}", tuple(pending)))
+        chunks, pending = chunks + 1, []
+
+    for source in sources:
+        if source.is_image:
+            pending.append(source)
+            if len(pending) == images_per_shard:
+                flush()
+        else:
+            jobs.append(Job(shard_name(source.url), (source,)))
+    if pending:
+        flush()
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        if job.name + ".json" == MANIFEST:
+            raise LatentaeError(f"input {job.sources[0].url}: its shard record would overwrite {MANIFEST}; "
+                                "rename the file")
+        if job.name in seen:
+            raise LatentaeError(f"inputs {seen[job.name].sources[0].url} and {job.sources[0].url} would both be "
+                                f"written to {job.name}.tar: rename one, or encode them into separate --output "
+                                "folders")
+        seen[job.name] = job
+    return jobs
+
+
+class ShardSkips(SkipCounter):
+    """A SkipCounter that also keeps the messages of read errors (a damaged shard gets reported by name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read_errors: list[str] = []
+
+    def add(self, reason: str, where: str = "", detail: str = "") -> None:
+        super().add(reason, where, detail)
+        if reason == "read_error":
+            self.read_errors.append(f"{where}: {detail}" if detail else where)
+
+
+def _extras(sample: dict, image_ext: str) -> dict[str, bytes]:
+    """Members carried over to the output sample: captions, labels, metadata; never other images."""
+    out = {}
+    for ext, data in sample.items():
+        if ext.startswith("__") or ext == image_ext or ext.split(".")[-1] in IMAGE_EXTS:
+            continue
+        out[SOURCE_META if ext == META else ext] = data
+    return out
+
+
+def read_job(job: Job, *, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+             small_images: Literal["upscale", "skip"] = "upscale", skipped: SkipCounter) -> Iterator[dict]:
+    """Decoded samples of a job in stored order, center-cropped to `resolution` (the evaluation protocol):
+    `{"key", "url", "image": float32 numpy [3, R, R] in [-1, 1], "extras": {ext: bytes}}`. Bad samples are
+    counted in `skipped`. numpy, not torch: this runs in DataLoader workers (see data/transforms.py)."""
+    decoder = SampleDecoder(resolution=resolution, max_pixels=max_pixels, small_images=small_images)
+    for source in job.sources:
+        for sample in iter_samples(source, skipped):
+            try:
+                ext, img = decoder(sample)
+            except SkipSample as e:
+                skipped.add(e.reason, f"{sample['__url__']}:{sample['__key__']}", e.detail)
+                continue
+            yield {"key": sample["__key__"], "url": sample["__url__"], "image": prepare_array(img, resolution),
+                   "extras": _extras(sample, ext)}
+
+
+class JobStream(IterableDataset):
+    """Worker w of W reads jobs[w::W] in order; every job ends with a batch marked `last` that carries its
+    skip counts (it may hold no images), so the main process knows when a shard is complete."""
+
+    def __init__(self, jobs: Sequence[Job], *, batch_size: int, resolution: int, max_pixels: int,
+                 small_images: str):
+        self.jobs = list(jobs)
+        self.batch_size = batch_size
+        self.read = dict(resolution=resolution, max_pixels=max_pixels, small_images=small_images)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for index in range(worker, len(self.jobs), workers):
+            skipped = ShardSkips()
+            items: list[dict] = []
+            for item in read_job(self.jobs[index], skipped=skipped, **self.read):
+                items.append(item)
+                if len(items) == self.batch_size:
+                    yield self._batch(index, items)
+                    items = []
+            yield self._batch(index, items, skipped)
+
+    def _batch(self, index: int, items: list[dict], skipped: ShardSkips | None = None) -> dict:
+        return {"job": index, "image": _stack([i.pop("image") for i in items], self.read["resolution"]),
+                "items": items, "last": skipped is not None, "skipped": skipped.as_dict() if skipped else {},
+                "read_errors": skipped.read_errors if skipped else []}
+
+
+def job_loader(jobs: Sequence[Job], *, batch_size: int, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+               small_images: str = "upscale", workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of `jobs` (see JobStream), decoded in `workers` processes (0: in this one), in order."""
+    stream = JobStream(jobs, batch_size=batch_size, resolution=resolution, max_pixels=max_pixels,
+                       small_images=small_images)
+    return DataLoader(stream, batch_size=None, num_workers=max(0, min(workers, len(stream.jobs))), in_order=True,
+                      pin_memory=pin_memory)
+
+
+def _stack(images: list[np.ndarray], resolution: int) -> np.ndarray:
+    return np.stack(images) if images else np.empty((0, 3, resolution, resolution), np.float32)

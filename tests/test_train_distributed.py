@@ -1,0 +1,34 @@
+"""Two processes (torchrun, gloo, CPU): gradients are synchronized for both models, both optimizers step every
+iteration, the learning rate is not scaled by the process count, and a checkpoint resumes on both ranks."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.slow
+def test_two_process_training(tmp_path, demo_images):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(HERE / "dist_train_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for report in reports:
+        assert report["world_size"] == 2
+        for i, step in enumerate(report["steps"]):
+            assert step["different_data"], f"step {i}: ranks saw the same batch, the test would prove nothing"
+            assert step["generator_identical"] and step["discriminator_identical"], f"step {i}: ranks diverged"
+            assert step["generator_stepped"] and step["discriminator_stepped"], f"step {i}: an optimizer idled"
+            assert step["optimizer_steps"] == [i + 1, i + 1]
+        lrs = [s["lr"] for s in report["steps"]]
+        assert lrs == pytest.approx([2.0e-4 * (i + 1) / 20 for i in range(3)])  # the configured lr's warm-up, not x2
+        assert report["resumed_step"] == 3 and report["resumed_identical"]
+        assert report["checkpoint"] == "step-00000003"
