@@ -25,7 +25,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine: final lr = lr x min_lr_ratio
     grad_clip: float | None = 1.0  # max global grad norm of the generator (None: no clipping)
     disc_grad_clip: float | None = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; weights stay fp32 (fp16 adds loss scaling)
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; weights stay fp32 (fp16 adds loss scaling)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     gradient_checkpointing: bool = False

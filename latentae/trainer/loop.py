@@ -36,7 +36,7 @@ def make_accelerator(cfg: RunConfig):
     from accelerate.utils import ProjectConfiguration
 
     return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision={"fp32": "no"}.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),

@@ -1,0 +1,34 @@
+"""Decode latent or token shards written by `latentae encode` back to images: `<output>/<shard>/<key>.png`.
+
+KL latents stored as mean + logvar decode their mean. Use the model that encoded them.
+
+  latentae decode --model out/export --latents latents/ --output decoded/
+"""
+
+HELP = "decode latent / token shards back to PNG images"
+
+
+def add_arguments(p):
+    from latentae.commands.encode import positive_int
+    from latentae.latents.runtime import PRECISIONS
+
+    p.add_argument("--model", required=True, help="the model that encoded the latents")
+    p.add_argument("--latents", required=True, help="latentae encode output: folder, shard pattern or tar")
+    p.add_argument("--output", "-o", required=True, help="folder for the PNG files")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="latents per forward (default: 8)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (default: fp32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the decoder")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from latentae.latents.decode import save_decoded
+    from latentae.latents.runtime import default_device
+    from latentae.loading import load
+
+    model = load(args.model)
+    written, skipped = save_decoded(model, args.latents, args.output, progress=not args.quiet,
+                                    batch_size=args.batch_size, precision=args.precision,
+                                    channels_last=args.channels_last, device=default_device())
+    print(f"decoded {written} images to {args.output} (skipped: {skipped})")
+    return 0

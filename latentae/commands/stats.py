@@ -1,0 +1,67 @@
+"""Latent statistics of a KL autoencoder and the normalization constants diffusion pipelines need.
+
+Measures the global and per-channel mean and standard deviation of the latents, either of images (--data,
+encoded on the fly) or of `latentae encode` output (--latents), and prints the recommended scaling_factor
+(1 / std, the Stable Diffusion convention), shift_factor (the mean, SD3 / FLUX) and per-channel latents_mean /
+latents_std (SDXL-family pipelines). By default the statistics are those of posterior samples, what a latent
+diffusion model trains on (exact moments from mean and logvar, no noise drawn); --of mean measures means.
+
+--write stores the constants of one --convention in the model directory's config.json, so that
+`AutoencoderKL.from_pretrained` and the pipelines built on it normalize latents accordingly; the keys the
+convention does not use are set to null and every other key is left as it is:
+  sd    scaling_factor                  (StableDiffusionPipeline, DiTPipeline, ...: z * scaling_factor)
+  sd3   scaling_factor + shift_factor   (SD3 / FLUX pipelines: (z - shift_factor) * scaling_factor)
+  sdxl  latents_mean + latents_std, scaling_factor 1   (SDXL-family pipelines; 4 latent channels only)
+
+  latentae stats --model out/export --data kodak/ --write
+"""
+
+HELP = "latent mean/std and the scaling/shift factors for diffusers (--write: into config.json)"
+
+
+def add_arguments(p):
+    from latentae.commands.encode import add_common_arguments, positive_int
+    from latentae.latents.stats import CONVENTIONS
+
+    add_common_arguments(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="images to encode: shards, tar, image folder or files (comma list)")
+    source.add_argument("--latents", help="latentae encode output (folder, shard pattern or tar)")
+    p.add_argument("--of", choices=("sample", "mean"), default="sample", help="statistics of posterior samples "
+                   "(default) or posterior means")
+    p.add_argument("--max-images", type=positive_int, help="--data: use the first N images only")
+    p.add_argument("--write", action="store_true", help="write the constants into the model's config.json")
+    p.add_argument("--convention", choices=CONVENTIONS, default="sd", help="which constants --write stores "
+                   "(default: sd)")
+
+
+def run(args):
+    from latentae.errors import LatentaeError
+    from latentae.latents.runtime import default_device
+    from latentae.latents.stats import latent_stats, latent_stats_of_images, write_normalization
+    from latentae.loading import load
+
+    if args.latents and (args.max_images or args.resolution or args.precision != "fp32" or args.channels_last):
+        raise LatentaeError("--max-images, --resolution, --precision and --channels-last apply to --data "
+                            "(images to encode), not to --latents")
+    model = load(args.model)
+    if model.family != "kl":
+        raise LatentaeError(f"latent statistics apply to KL autoencoders; {args.model} is a "
+                            f"{type(model).__name__} (token ids need no normalization)")
+    if args.latents:
+        stats = latent_stats(args.latents, of=args.of)
+    else:
+        stats = latent_stats_of_images(model, args.data, of=args.of, batch_size=args.batch_size,
+                                       resolution=args.resolution, precision=args.precision,
+                                       channels_last=args.channels_last, device=default_device(),
+                                       workers=max(0, args.workers), max_images=args.max_images,
+                                       max_pixels=args.max_pixels)
+    if len(stats.mean) != model.config["latent_channels"]:
+        raise LatentaeError(f"{args.latents} holds {len(stats.mean)}-channel latents; {args.model} has "
+                            f"{model.config['latent_channels']} latent channels")
+    print(stats.table())
+    if args.write:
+        values = write_normalization(args.model, stats, args.convention)
+        shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        print(f"wrote {shown} ({args.convention} convention) to the config.json of {args.model}")
+    return 0

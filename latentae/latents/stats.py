@@ -1,0 +1,193 @@
+"""`latentae stats`: latent mean and standard deviation (global and per channel) of a KL autoencoder, the
+normalization constants they recommend, and writing those into an exported `config.json`.
+
+Which latents: by default posterior *samples* z ~ q(z|x), what a latent diffusion model is trained on (LDM
+computed SD's 0.18215 from samples). Their moments are exact from the stored mean m and logvar:
+E[z] = E[m], E[z^2] = E[m^2] + E[exp(logvar)], so no noise is drawn. `of="mean"` measures posterior means.
+
+Conventions (how diffusers pipelines undo the normalization, see `write_normalization`):
+  sd    scaling_factor = 1 / std                         z_model = z * scaling_factor (SD 1/2, DiT, ...)
+  sd3   scaling_factor = 1 / std, shift_factor = mean    z_model = (z - shift) * scaling_factor (SD3, FLUX)
+  sdxl  latents_mean / latents_std per channel, scaling_factor 1
+                                                         z_model = (z - mean_c) / std_c (SDXL-family pipelines)
+std is the centered standard deviation over all latent values (all channels and positions).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from latentae.data.config import DEFAULT_MAX_PIXELS
+from latentae.data.sources import expand_sources
+from latentae.errors import LatentaeError
+from latentae.latents.format import iter_encoded
+from latentae.latents.jobs import job_loader, plan_jobs
+from latentae.latents.runtime import Runtime
+
+CONVENTIONS = ("sd", "sd3", "sdxl")
+NORMALIZATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+
+
+@dataclass
+class LatentStats:
+    of: str  # "sample" (posterior samples) or "mean" (posterior means)
+    images: int
+    positions: int  # latent positions per channel over all images (images * h * w)
+    mean: list[float]  # per channel
+    std: list[float]
+    global_mean: float
+    global_std: float
+
+    def recommended(self) -> dict:
+        return {"scaling_factor": 1.0 / self.global_std, "shift_factor": self.global_mean,
+                "latents_mean": list(self.mean), "latents_std": list(self.std)}
+
+    def normalization(self, convention: str) -> dict:
+        """The four config.json normalization keys for `convention`; those it does not use are None, so a
+        pipeline of another family does not pick up stale values."""
+        rec = self.recommended()
+        if convention == "sd":
+            return {"scaling_factor": rec["scaling_factor"], "shift_factor": None, "latents_mean": None,
+                    "latents_std": None}
+        if convention == "sd3":
+            return {**rec, "latents_mean": None, "latents_std": None}
+        if convention == "sdxl":
+            return {**rec, "scaling_factor": 1.0, "shift_factor": None}
+        raise LatentaeError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+
+    def table(self) -> str:
+        what = "posterior samples" if self.of == "sample" else "posterior means"
+        rows = [f"latent statistics of {what}: {self.images} images, {len(self.mean)} channels, "
+                f"{self.positions // max(self.images, 1)} positions per image",
+                f"{'channel':>8} {'mean':>10} {'std':>10}"]
+        rows += [f"{c:>8} {m:>10.4f} {s:>10.4f}" for c, (m, s) in enumerate(zip(self.mean, self.std))]
+        rows.append(f"{'all':>8} {self.global_mean:>10.4f} {self.global_std:>10.4f}")
+        rec = self.recommended()
+        rows.append(f"recommended: scaling_factor {rec['scaling_factor']:.5g} (1/std), shift_factor "
+                    f"{rec['shift_factor']:.5g} (mean), latents_mean [{', '.join(f'{v:.4g}' for v in self.mean)}], "
+                    f"latents_std [{', '.join(f'{v:.4g}' for v in self.std)}]")
+        return "\n".join(rows)
+
+
+class _Moments:
+    """Per-channel sums of z and z^2 in float64 (a sample's second moment may include the posterior variance)."""
+
+    def __init__(self):
+        self.n = 0
+        self.images = 0
+        self.s1 = self.s2 = None
+
+    def add(self, mean: np.ndarray, second: np.ndarray) -> None:
+        """mean, second: [B, C, h, w] values of E[z] and E[z^2] per position."""
+        s1, s2 = mean.sum(axis=(0, 2, 3), dtype=np.float64), second.sum(axis=(0, 2, 3), dtype=np.float64)
+        self.s1 = s1 if self.s1 is None else self.s1 + s1
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.n += mean.shape[0] * mean.shape[2] * mean.shape[3]
+        self.images += mean.shape[0]
+
+    def add_latents(self, array: np.ndarray, store: str, of: str) -> None:
+        """A batch of stored latents [B, C or 2C, h, w] (see format.py) for statistics `of` sample / mean."""
+        if store == "both":
+            mean, logvar = np.split(array.astype(np.float64), 2, axis=1)
+            second = mean**2 + (np.exp(logvar) if of == "sample" else 0.0)
+        elif store == of:
+            mean = array.astype(np.float64)
+            second = mean**2
+        else:
+            raise LatentaeError(f"the latents were stored as {store}s only: statistics of posterior {of}s need "
+                                f"mean and logvar (encode with --store both), or use --of {store}")
+        self.add(mean, second)
+
+    def result(self, of: str) -> LatentStats:
+        if not self.n:
+            raise LatentaeError("no latents to measure")
+        mean = self.s1 / self.n
+        var = np.maximum(self.s2 / self.n - mean**2, 0.0)
+        g_mean = self.s1.sum() / (self.n * len(mean))
+        g_var = max(self.s2.sum() / (self.n * len(mean)) - g_mean**2, 0.0)
+        if g_var == 0.0:
+            raise LatentaeError("the latents are constant (std 0): no scaling factor exists")
+        return LatentStats(of=of, images=self.images, positions=self.n, mean=mean.tolist(),
+                           std=np.sqrt(var).tolist(), global_mean=float(g_mean), global_std=math.sqrt(g_var))
+
+
+def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_size: int = 64) -> LatentStats:
+    """Statistics of `latentae encode` output `spec` (KL latents)."""
+    moments = _Moments()
+    pending: list[np.ndarray] = []
+    store = None
+    for sample in iter_encoded(spec):
+        if "latents" not in sample:
+            raise LatentaeError(f"{spec} holds token ids: latent statistics apply to KL autoencoders")
+        sample_store = sample["meta"].get("store", "both")
+        if pending and (sample_store != store or sample["latents"].shape != pending[0].shape):
+            moments.add_latents(np.stack(pending), store, of)
+            pending = []
+        store = sample_store
+        pending.append(sample["latents"])
+        if len(pending) == batch_size:
+            moments.add_latents(np.stack(pending), store, of)
+            pending = []
+    if pending:
+        moments.add_latents(np.stack(pending), store, of)
+    return moments.result(of)
+
+
+def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = "sample", batch_size: int = 16,
+                           resolution: int | None = None, precision: str = "fp32", channels_last: bool = False,
+                           device: str | torch.device | None = None, workers: int = 2,
+                           max_images: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LatentStats:
+    """Statistics of `model`'s latents of the images in `data` (encoded on the fly, nothing written),
+    center-cropped to `resolution` (default: the model's sample_size); the first `max_images` only if set."""
+    if model.family != "kl":
+        raise LatentaeError(f"latent statistics apply to KL autoencoders, not {type(model).__name__}")
+    runtime = Runtime(model, device=device, precision=precision, channels_last=channels_last)
+    resolution = resolution or int(model.config.get("sample_size") or 256)
+    jobs = plan_jobs(expand_sources(data), images_per_shard=1000)
+    moments = _Moments()
+    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, max_pixels=max_pixels, workers=workers)
+    for batch in loader:
+        images = batch["image"]
+        if max_images is not None:
+            images = images[: max_images - moments.images]
+        if len(images):
+            with torch.inference_mode(), runtime.context():
+                posterior = model.posterior(runtime.inputs(images))
+                moments_np = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
+            moments.add_latents(moments_np, "both", of)
+        if max_images is not None and moments.images >= max_images:
+            break
+    if not moments.images:
+        raise LatentaeError(f"no images could be read from {data}")
+    return moments.result(of)
+
+
+def write_normalization(model_dir: str | Path, stats: LatentStats, convention: str = "sd") -> dict:
+    """Set the normalization keys of `convention` in the config.json of an AutoencoderKL directory (an export
+    or a pipeline's vae/), leaving every other key as it is; returns the values written."""
+    from latentae.loading import _model_dir  # resolves a pipeline directory to its vae/
+
+    path = _model_dir(Path(model_dir)) / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("_class_name") != "AutoencoderKL":
+        raise LatentaeError(f"{path} describes a {config.get('_class_name')}: --write needs a diffusers "
+                            "AutoencoderKL directory (export the model with `latentae export` first)")
+    values = stats.normalization(convention)
+    channels = int(config.get("latent_channels", len(stats.mean)))
+    if channels != len(stats.mean):
+        raise LatentaeError(f"{path}: the model has {channels} latent channels, the statistics {len(stats.mean)}")
+    if convention == "sdxl" and channels != 4:
+        raise LatentaeError(f"the sdxl convention needs 4 latent channels (diffusers' SDXL pipelines reshape "
+                            f"latents_mean/std to 4), this model has {channels}: use sd or sd3")
+    config.update(values)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return values

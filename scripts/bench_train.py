@@ -1,0 +1,345 @@
+"""Training step speed: latentae's trainer vs a plain diffusers AutoencoderKL fp32 loop doing the same work.
+
+One step = generator forward, L1 + LPIPS-VGG + KL + hinge adversarial term with the adaptive weight
+(autograd.grad at decoder.conv_out.weight), generator backward, discriminator forward + backward on detached
+reconstructions, two AdamW steps. "ours" is `latentae.trainer.loop.Run(cfg).train_step` with the preset, bf16
+autocast and channels_last (plus --ours overrides); "plain" is what a user of the diffusers example would write:
+`diffusers.AutoencoderKL` (same architecture, same initial weights), fp32, no autocast, frozen
+`lpips.LPIPS(net='vgg', pnet_rand=True)`, the same PatchGAN, same batch and resolution. LPIPS trunks are random
+(timing equals real weights). Data loading is excluded from both sides: each step takes one of two batches of
+random images held in memory. Each side runs in its own subprocess (alternating, --repeats times), so peak RSS
+(ru_maxrss) is each side's own; warm-up steps are excluded from the median.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("plain", "ours")
+OURS_DEFAULTS = ["train.mixed_precision=bf16", "train.channels_last=true"]
+TARGET_SPEEDUP = 3.0  # issue: ours >= 3x the plain loop, peak memory no higher
+MB = 2**20
+
+
+def add_arguments(p):
+    p.add_argument("--preset", default=str(ROOT / "configs" / "sd-kl-f8.yaml"), help="KL preset for both sides "
+                   "(default: configs/sd-kl-f8.yaml)")
+    p.add_argument("--resolution", type=int, default=128, help="image side in pixels (default 128; the preset "
+                   "trains at 256, which takes ~4x longer per step)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per run (oneDNN primitive creation, "
+                   "allocator growth, torch.compile); the first one's time is reported apart")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per run (median and IQR over all runs)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per side, alternating plain / ours (a shared "
+                   "machine's load then hits both alike)")
+    p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for our "
+                   f"side, after {' '.join(OURS_DEFAULTS)} (e.g. train.compile=true train.channels_last=false)")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile one more step of "
+                   "each side with torch.profiler and print its N most expensive ops (self CPU time)")
+    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side, print JSON
+
+
+# ---------------------------------------------------------------------------------------------- both sides
+
+
+def run_config(args, output_dir: str):
+    """The preset with the benchmark's settings; both sides read their architecture and loss from it."""
+    from latentae.trainer.cli import load_run_config
+
+    common = [f"output_dir={output_dir}", f"data.resolution={args.resolution}", f"train.batch_size={args.batch_size}",
+              "train.grad_accum=1", "loss.perceptual_random_init=true",
+              "loss.disc.start=0", "loss.disc.warmup_steps=0"]  # adversarial term (and adaptive weight) from step 0
+    return load_run_config(args.preset, common + OURS_DEFAULTS + list(args.ours))
+
+
+def image_batches(args):
+    """Two fixed batches of random images in [-1, 1], cycled forever (the trainer's batch format)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    pool = [torch.rand(args.batch_size, 3, args.resolution, args.resolution, generator=g) * 2 - 1 for _ in range(2)]
+    i = 0
+    while True:
+        yield {"image": pool[i % 2], "key": [f"random-{i}-{j}" for j in range(args.batch_size)], "skipped": {}}
+        i += 1
+
+
+def state_bytes(modules, optimizers) -> int:
+    """Parameters and buffers of `modules`, a gradient per trainable parameter, and the optimizers' state."""
+    import torch
+
+    seen, total = set(), 0
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.nbytes * (2 if t.requires_grad else 1)
+    for opt in optimizers:
+        for state in opt.state.values():
+            total += sum(v.nbytes for v in state.values() if torch.is_tensor(v))
+    return total
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def profile_table(step, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+
+
+# ---------------------------------------------------------------------------------------------- our side
+
+
+class Ours:
+    def __init__(self, cfg, batches):
+        from latentae.trainer.loop import Run
+        from latentae.trainer.monitor import Monitor
+
+        self.run = Run(cfg)
+        self.monitor = Monitor(self.run.accelerator, start_step=0, max_steps=1, log_every=10**9,
+                               images_per_step=cfg.train.batch_size)
+        self.monitor.bar.disable = True
+        self.batches = batches
+        self.step_index = 0
+        assert self.run.loss.generator_adversarial_active(0), "the adversarial term must be on from step 0"
+
+    def step(self):
+        logs = self.run.train_step(self.batches, self.step_index, self.monitor)
+        if "adaptive_weight" not in logs or "loss/disc_total" not in logs:
+            raise RuntimeError("our step ran without the adaptive adversarial term or the discriminator update")
+        self.step_index += 1
+
+    def state_bytes(self) -> int:
+        run = self.run
+        optimizers = [getattr(o, "optimizer", o) for o in (run.opt_g, run.opt_d)]
+        modules = [run.model, run.loss] + ([] if run.ema is None else [_EmaShadow(run.ema)])
+        return state_bytes(modules, optimizers)
+
+
+class _EmaShadow:
+    """The EMA's shadow weights, seen as a module's parameters by state_bytes."""
+
+    def __init__(self, ema):
+        self.tensors = list(ema.shadow_params)
+
+    def parameters(self):
+        return [t.detach() for t in self.tensors]
+
+    def buffers(self):
+        return []
+
+
+# ---------------------------------------------------------------------------------------------- plain side
+
+
+class Plain:
+    """The fp32 loop a user of the diffusers example would write (same losses and weights as the preset)."""
+
+    def __init__(self, cfg, batches):
+        import lpips
+        import torch
+        from diffusers import AutoencoderKL
+
+        from latentae.losses import NLayerDiscriminator
+        from latentae.models import build_model
+
+        loss, m = cfg.loss, cfg.model
+        unsupported = {"model.family": m.family != "kl", "loss.disc.loss": loss.disc.loss != "hinge",
+                       "loss.disc.adaptive": not loss.disc.adaptive, "loss.kl.schedule": loss.kl.schedule != "constant",
+                       "loss.kl.free_bits": loss.kl.free_bits != 0, "loss.disc.lecam_weight": loss.disc.lecam_weight > 0,
+                       "loss.disc.r1_weight": loss.disc.r1_weight > 0, "loss.perceptual_net": loss.perceptual_net != "vgg",
+                       "train.ema_decay": cfg.train.ema_decay is not None, "train.init_from": bool(cfg.train.init_from)}
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise SystemExit(f"the plain AutoencoderKL baseline implements the sd-kl-f8 recipe only; the preset sets "
+                             f"{', '.join(bad)} differently")
+        torch.manual_seed(cfg.seed)  # the same initial weights as Run(cfg) builds
+        ours = build_model(cfg.model)
+        n = len(m.block_out_channels)
+        self.vae = AutoencoderKL(
+            in_channels=m.in_channels, out_channels=m.out_channels, block_out_channels=tuple(m.block_out_channels),
+            down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+            layers_per_block=m.layers_per_block, latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
+            mid_block_add_attention=m.mid_block_add_attention, sample_size=m.sample_size,
+            use_quant_conv=m.use_quant_conv, use_post_quant_conv=m.use_post_quant_conv)
+        self.vae.load_state_dict(ours.state_dict())  # strict: the layouts must match
+        del ours
+        self.vae.train()
+        self.lpips = (lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval().requires_grad_(False)
+                      if loss.perceptual_weight > 0 else None)
+        d = loss.disc
+        self.disc = NLayerDiscriminator(3, channels=d.channels, layers=d.layers, norm=d.norm).train()
+        t = cfg.train
+        self.opt_g = torch.optim.AdamW(self.vae.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=t.disc_lr or t.lr, betas=tuple(t.disc_betas or t.betas),
+                                       weight_decay=t.weight_decay)
+        self.cfg, self.batches = cfg, batches
+
+    def _reduce(self, per_element):
+        if self.cfg.loss.reduction == "sum":  # LDM: sum over C, H, W, mean over the batch
+            return per_element.sum() / per_element.shape[0]
+        return per_element.mean()
+
+    def step(self):
+        import torch
+        import torch.nn.functional as F
+
+        loss = self.cfg.loss
+        images = next(self.batches)["image"]
+        posterior = self.vae.encode(images).latent_dist
+        rec = self.vae.decode(posterior.sample()).sample
+        diff = rec - images
+        pixel = diff.abs() if loss.pixel_loss == "l1" else diff.square()
+        if self.lpips is not None:  # LDM: each image's LPIPS added to each of its pixel terms
+            pixel = loss.pixel_weight * pixel + loss.perceptual_weight * self.lpips(rec, images)
+        nll = self._reduce(pixel if self.lpips is not None else loss.pixel_weight * pixel)
+        kl = posterior.kl().mean()
+        if loss.reduction == "mean":
+            kl = kl / posterior.mean[0].numel()
+        self.disc.requires_grad_(False)  # the generator's adversarial term must not fill D's .grad
+        g_adv = -self.disc(rec).mean()
+        last = self.vae.decoder.conv_out.weight
+        (nll_grad,) = torch.autograd.grad(nll, last, retain_graph=True)
+        (adv_grad,) = torch.autograd.grad(g_adv, last, retain_graph=True)
+        adaptive = (nll_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0, loss.disc.adaptive_max).detach()
+        total = nll + loss.kl.weight * kl + loss.disc.weight * adaptive * g_adv
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.disc.requires_grad_(True)
+        logits_real, logits_fake = self.disc(torch.cat([images, rec.detach()])).split(images.shape[0])
+        d_loss = 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_g.step()
+        self.opt_d.step()
+        if not (torch.isfinite(total) and torch.isfinite(d_loss)):
+            raise RuntimeError("plain loop: non-finite loss")
+
+    def state_bytes(self) -> int:
+        modules = [self.vae, self.disc] + ([] if self.lpips is None else [self.lpips])
+        return state_bytes(modules, [self.opt_g, self.opt_d])
+
+
+# ---------------------------------------------------------------------------------------------- one side
+
+
+def worker(args) -> int:
+    """Build one side, time it, print one JSON line (stdout)."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
+        cfg = run_config(args, out)
+        side = (Ours if args.worker == "ours" else Plain)(cfg, image_batches(args))
+        rss_setup = rss_bytes()
+        times = []
+        for i in range(args.warmup + args.steps):
+            t = time.perf_counter()
+            side.step()
+            times.append(time.perf_counter() - t)
+        result = {
+            "side": args.worker, "first_step_s": times[0], "times": times[args.warmup:],
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+            "rss_setup": rss_setup, "state_bytes": side.state_bytes(), "threads": torch.get_num_threads(),
+        }
+        if args.profile:
+            result["profile"] = profile_table(side.step, args.profile)
+        print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def spawn(args, side: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).with_name("benchmark.py")), "train", "--worker", side,
+           "--preset", args.preset, "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
+           "--warmup", str(args.warmup), "--steps", str(args.steps), "--profile", str(args.profile),
+           "--ours", *args.ours]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"the {side} side failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def quartiles(values):
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def describe_config(args) -> str:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = run_config(args, out)
+    m, l, t = cfg.model, cfg.loss, cfg.train
+    return (f"preset {Path(args.preset).name}: channels {list(m.block_out_channels)}, {m.layers_per_block} resnets/level, "
+            f"latent {m.latent_channels}, mid attention {m.mid_block_add_attention}; {l.pixel_loss} + "
+            f"{l.perceptual_weight} LPIPS-{l.perceptual_net} (random trunk) + KL {l.kl.weight:g} ({l.reduction}) + "
+            f"{l.disc.loss} PatchGAN ({l.disc.layers} layers, {l.disc.channels} ch, {l.disc.norm} norm) x adaptive "
+            f"weight x {l.disc.weight:g} from step 0; AdamW betas {tuple(t.betas)}\n"
+            f"batch {args.batch_size} x {args.resolution} px, {args.warmup} warm-up + {args.steps} timed steps per run, "
+            f"{args.repeats} run(s) per side; ours: {' '.join(OURS_DEFAULTS + list(args.ours))}\n"
+            "data: two in-memory batches of random images (data loading excluded from both sides)")
+
+
+def run(args):
+    if args.worker:
+        return worker(args)
+    if min(args.resolution, args.batch_size, args.steps, args.repeats) < 1 or args.warmup < 0:
+        raise SystemExit("--resolution, --batch-size, --steps and --repeats must be >= 1, --warmup >= 0")
+    print(describe_config(args))
+    load_before = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs; load average before: {' '.join(f'{x:.2f}' for x in load_before)}", flush=True)
+    results = {side: [] for side in SIDES}
+    for r in range(args.repeats):
+        for side in SIDES:
+            results[side].append(spawn(args, side))
+            res = results[side][-1]
+            print(f"  run {r + 1} {side:5s}: steps {' '.join(f'{x:.2f}' for x in res['times'])} s "
+                  f"(first step {res['first_step_s']:.1f} s, {res['threads']} threads)", flush=True)
+    load_after = os.getloadavg()
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in load_after)}"
+          + ("  (the machine was busy: other processes shared the CPUs; repeat when idle)"
+             if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) + 0.5 else ""))
+
+    summary = {}
+    print(f"\n{'side':6s} {'median s':>9s} {'IQR s':>13s} {'img/s':>7s} {'first s':>8s} {'peak RSS':>9s} "
+          f"{'setup RSS':>9s} {'model state':>11s}")
+    for side in SIDES:
+        runs = results[side]
+        q1, med, q3 = quartiles([t for res in runs for t in res["times"]])
+        peak = max(res["peak_rss"] for res in runs)
+        summary[side] = (med, peak)
+        print(f"{side:6s} {med:9.2f} {q1:6.2f}-{q3:6.2f} {args.batch_size / med:7.2f} "
+              f"{statistics.median(res['first_step_s'] for res in runs):8.1f} {peak / MB:7.0f}MB "
+              f"{max(res['rss_setup'] for res in runs) / MB:7.0f}MB {runs[0]['state_bytes'] / MB:9.0f}MB")
+    speedup = summary["plain"][0] / summary["ours"][0]
+    memory = summary["ours"][1] / summary["plain"][1]
+    print(f"\nratio ours/plain: {speedup:.2f}x faster per step; peak RSS ours/plain: {memory:.2f}")
+    print(f"verdict: speed {'MET' if speedup >= TARGET_SPEEDUP else 'NOT MET'} ({speedup:.2f}x vs >= "
+          f"{TARGET_SPEEDUP:g}x); memory {'MET' if memory <= 1.0 else 'NOT MET'} (peak RSS {summary['ours'][1] / MB:.0f} "
+          f"MB vs {summary['plain'][1] / MB:.0f} MB, no higher)")
+    if args.profile:
+        for side in SIDES:
+            print(f"\n--- {side}: one step under torch.profiler (self CPU time)\n{results[side][-1]['profile']}")
+    return 0

@@ -1,0 +1,234 @@
+"""`latentae encode` / `decode`: latents equal the model's own, exactly once across shards and ranks, resumable,
+and bad input gives one clear message."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from webdataset import TarWriter
+
+from latentae.cli import main
+from latentae.data import read_shard
+from latentae.data.transforms import to_pil
+from latentae.errors import LatentaeError
+from latentae.exporting import export
+from latentae.latents import decode_encoded, encode_dataset, iter_encoded, read_manifest, write_manifest
+from latentae.models import KLAutoencoder, VQTokenizer
+
+RES = 16
+
+
+def tiny_kl(seed=0) -> KLAutoencoder:
+    torch.manual_seed(seed)
+    return KLAutoencoder(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                         sample_size=RES).eval()
+
+
+def image_bytes(seed: int, size=(20, 18), fmt="PNG") -> bytes:
+    """A smooth random image (a blurred colour field: more like a photo than per-pixel noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def make_shards(folder, n_shards, per_shard, *, bad=()) -> tuple[str, list[str]]:
+    """n_shards tars `part-0000i.tar` of per_shard PNG samples with a caption; (brace pattern, good keys).
+    Keys in `bad` get garbage image bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for i in range(n_shards):
+        with TarWriter(str(folder / f"part-{i:05d}.tar"), encoder=False) as w:
+            for j in range(per_shard):
+                key = f"s{i}-{j:02d}"
+                data = b"not an image" if key in bad else image_bytes(100 * i + j)
+                w.write({"__key__": key, "png": data, "txt": f"caption {key}".encode()})
+                keys += [] if key in bad else [key]
+    return str(folder / f"part-{{00000..{n_shards - 1:05d}}}.tar"), keys
+
+
+def source_images(pattern: str) -> dict[str, torch.Tensor]:
+    from latentae.data import expand_urls
+
+    return {s["key"]: s["image"] for url in expand_urls(pattern) for s in read_shard(url, resolution=RES)}
+
+
+def output_keys(folder) -> list[str]:
+    return [s["key"] for s in iter_encoded(str(folder))]
+
+
+def test_latents_equal_the_models_and_decode_equals_reconstruction(tmp_path):
+    model = tiny_kl()
+    pattern, keys = make_shards(tmp_path / "in", 2, 5)
+    report = encode_dataset(model, pattern, tmp_path / "out", batch_size=3, workers=0)
+    assert report.written == 10 and report.shards_written == ["part-00000", "part-00001"]
+    images = source_images(pattern)
+    samples = list(iter_encoded(str(tmp_path / "out")))
+    assert [s["key"] for s in samples] == keys
+    with torch.no_grad():
+        for s in samples:
+            posterior = model.posterior(images[s["key"]][None])
+            expected = torch.cat([posterior.mean, posterior.logvar], 1)[0]
+            assert s["latents"].dtype == np.float32 and s["latents"].shape == (8, RES // 2, RES // 2)
+            torch.testing.assert_close(torch.from_numpy(s["latents"]), expected, atol=1e-5, rtol=1e-4)
+            assert s["meta"] == {"key": s["key"], "url": str(tmp_path / "in" / f"part-0000{s['key'][1]}.tar"),
+                                 "shard": s["shard"], "store": "both"}
+    decoded = {d["key"]: d["image"] for d in decode_encoded(model, str(tmp_path / "out"), batch_size=4)}
+    assert list(decoded) == keys
+    with torch.no_grad():
+        for key, image in decoded.items():
+            torch.testing.assert_close(image, model.decode(model.encode(images[key][None]))[0], atol=1e-5, rtol=1e-4)
+
+    # the CLI writes <output>/<shard>/<key>.png: the model's reconstruction as 8-bit
+    export(model, tmp_path / "model")
+    assert main(["decode", "--model", str(tmp_path / "model"), "--latents", str(tmp_path / "out"),
+                 "--output", str(tmp_path / "png"), "-q"]) == 0
+    png = np.asarray(Image.open(tmp_path / "png" / "part-00001" / "s1-03.png"), dtype=np.int16)
+    expected = np.asarray(to_pil(decoded["s1-03"]), dtype=np.int16)
+    assert png.shape == (RES, RES, 3) and np.abs(png - expected).max() <= 1
+
+
+def test_captions_and_source_key_travel_with_the_latents(tmp_path):
+    pattern, _ = make_shards(tmp_path / "in", 1, 2)
+    encode_dataset(tiny_kl(), pattern, tmp_path / "out", workers=0)
+    with tarfile.open(tmp_path / "out" / "part-00000.tar") as tf:
+        names = sorted(tf.getnames())
+        caption = tf.extractfile("s0-01.txt").read()
+    assert names == ["s0-00.json", "s0-00.latents.npy", "s0-00.txt", "s0-01.json", "s0-01.latents.npy",
+                     "s0-01.txt"]
+    assert caption == b"caption s0-01"
+
+
+def test_store_mean_sample_and_float16(tmp_path):
+    model = tiny_kl()
+    pattern, keys = make_shards(tmp_path / "in", 1, 4)
+    images = source_images(pattern)
+    encode_dataset(model, pattern, tmp_path / "mean", store="mean", storage_dtype="float16", workers=0)
+    with torch.no_grad():
+        for s in iter_encoded(str(tmp_path / "mean")):
+            assert s["latents"].dtype == np.float16 and s["latents"].shape == (4, RES // 2, RES // 2)
+            mean = model.encode(images[s["key"]][None])[0]
+            torch.testing.assert_close(torch.from_numpy(s["latents"]).float(), mean, atol=2e-3, rtol=2e-3)
+    # a sample's noise depends on (seed, key) only: batching does not change it, the seed does
+    encode_dataset(model, pattern, tmp_path / "a", store="sample", batch_size=1, workers=0)
+    encode_dataset(model, pattern, tmp_path / "b", store="sample", batch_size=4, workers=0)
+    encode_dataset(model, pattern, tmp_path / "c", store="sample", seed=1, workers=0)
+    a = {s["key"]: s["latents"] for s in iter_encoded(str(tmp_path / "a"))}
+    b = {s["key"]: s["latents"] for s in iter_encoded(str(tmp_path / "b"))}
+    c = {s["key"]: s["latents"] for s in iter_encoded(str(tmp_path / "c"))}
+    means = {s["key"]: s["latents"] for s in iter_encoded(str(tmp_path / "mean"))}
+    for key in keys:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+        assert not np.allclose(a[key], c[key])
+        assert not np.allclose(a[key], means[key].astype(np.float32), atol=1e-2)
+
+
+def test_tokenizer_writes_tokens_and_decodes_them(tmp_path):
+    torch.manual_seed(0)
+    model = VQTokenizer(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                        sample_size=RES, quantizer={"kind": "vq", "codebook_size": 32}).eval()
+    pattern, keys = make_shards(tmp_path / "in", 1, 3)
+    encode_dataset(model, pattern, tmp_path / "out", workers=0)
+    images = source_images(pattern)
+    samples = list(iter_encoded(str(tmp_path / "out")))
+    decoded = {d["key"]: d["image"] for d in decode_encoded(model, str(tmp_path / "out"))}
+    with torch.no_grad():
+        for s in samples:
+            tokens = model.tokenize(images[s["key"]][None])[0]
+            assert s["tokens"].dtype == np.int32 and s["tokens"].shape == (RES // 2, RES // 2)
+            assert torch.equal(torch.from_numpy(s["tokens"]).long(), tokens)
+            torch.testing.assert_close(decoded[s["key"]], model.detokenize(tokens[None])[0])
+
+
+def test_ranks_split_shards_and_manifest_counts_everything_once(tmp_path):
+    model = tiny_kl()
+    pattern, keys = make_shards(tmp_path / "in", 5, 3, bad={"s2-01"})
+    out = tmp_path / "out"
+    r1 = encode_dataset(model, pattern, out, rank=1, world_size=2, workers=2, batch_size=2)
+    r0 = encode_dataset(model, pattern, out, rank=0, world_size=2, workers=2, batch_size=2)
+    assert r0.shards_written == ["part-00000", "part-00002", "part-00004"]
+    assert r1.shards_written == ["part-00001", "part-00003"]
+    manifest = write_manifest(out, r0, pattern)
+    assert sorted(output_keys(out)) == sorted(keys) and len(keys) == 14
+    assert manifest["written"] == 14 and manifest["skipped"] == {"decode_error": 1}
+    assert manifest["shards"]["part-00002"]["written"] == 2
+    assert read_manifest(out) == manifest
+    assert manifest["content"] == "latents.npy:both" and manifest["config"]["latent_channels"] == 4
+
+
+def test_rerun_skips_finished_shards_and_replaces_leftovers(tmp_path):
+    """A killed run leaves finished shards and a partial .tmp: the rerun writes only the missing shards."""
+    model = tiny_kl()
+    pattern, keys = make_shards(tmp_path / "in", 4, 3)
+    out = tmp_path / "out"
+    encode_dataset(model, "%s" % (tmp_path / "in" / "part-00001.tar"), out, workers=0)  # one shard finished
+    (out / "part-00002.tar.tmp").write_bytes(b"half a tar")  # one in progress when killed
+    finished = (out / "part-00001.tar").stat().st_mtime_ns
+    report = encode_dataset(model, pattern, out, workers=0)
+    assert report.shards_written == ["part-00000", "part-00002", "part-00003"]
+    assert report.shards_done_before == ["part-00001"]
+    assert (out / "part-00001.tar").stat().st_mtime_ns == finished
+    assert not list(out.glob("*.tmp"))
+    assert sorted(output_keys(out)) == sorted(keys)
+    # different settings must not be mixed into the same output
+    with pytest.raises(LatentaeError, match="different settings.*content"):
+        encode_dataset(model, pattern, out, store="mean", workers=0)
+
+
+def test_folder_is_grouped_into_image_shards(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        (folder / ("sub" if i % 2 else ".") / f"img{i}.png").write_bytes(image_bytes(i))
+    report = encode_dataset(tiny_kl(), str(folder), tmp_path / "out", images_per_shard=2, workers=0)
+    assert report.shards_written == ["images-00000", "images-00001", "images-00002"]
+    assert output_keys(tmp_path / "out") == ["img0", "img2", "img4", "sub/img1", "sub/img3"]
+
+
+def test_bf16_latents_are_close_to_fp32(tmp_path):
+    model = tiny_kl()
+    pattern, _ = make_shards(tmp_path / "in", 1, 4)
+    encode_dataset(model, pattern, tmp_path / "fp32", store="mean", workers=0)
+    encode_dataset(model, pattern, tmp_path / "bf16", store="mean", precision="bf16", channels_last=True,
+                   workers=0)
+    a = np.stack([s["latents"] for s in iter_encoded(str(tmp_path / "fp32"))])
+    b = np.stack([s["latents"] for s in iter_encoded(str(tmp_path / "bf16"))])
+    assert 0 < np.linalg.norm(b - a) / np.linalg.norm(a) < 0.01
+
+
+def test_cli_encode_and_bad_input(tmp_path, capsys):
+    model_dir = export(tiny_kl(), tmp_path / "model")
+    pattern, keys = make_shards(tmp_path / "in", 2, 2)
+    (tmp_path / "in" / "part-00002.tar").write_bytes(b"\x00garbage" * 100)  # a corrupt shard
+    pattern = pattern.replace("00001}", "00002}")
+    out = tmp_path / "out"
+    assert main(["encode", "--model", str(model_dir), "--data", pattern, "--output", str(out), "-q",
+                 "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "encoded 4 images into 3 shards" in captured.out
+    warning = [line for line in captured.err.splitlines() if "part-00002" in line]
+    assert len(warning) == 1 and "damaged" in warning[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["written"] == 4 and manifest["skipped"] == {"read_error": 1}
+    assert manifest["model"] == str(model_dir) and manifest["config"]["block_out_channels"] == [32, 64]
+
+    def error(*argv) -> str:
+        assert main(["encode", *argv, "-q"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    assert "not a model directory" in error("--model", str(tmp_path / "in"), "--data", pattern, "--output",
+                                            str(tmp_path / "o2"))
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in error("--model", str(model_dir), "--data", str(tmp_path / "empty"), "--output",
+                                      str(tmp_path / "o3"))
+    assert "not found" in error("--model", str(model_dir), "--data", str(tmp_path / "nope.tar"), "--output",
+                                str(tmp_path / "o4"))
+    assert "--seed only takes effect with --store sample" in error(
+        "--model", str(model_dir), "--data", pattern, "--output", str(tmp_path / "o5"), "--seed", "3")
