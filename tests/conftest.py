@@ -44,3 +44,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache ($TORCH_HOME) and a network that always fails: the offline cluster node."""
+    import urllib.error
+
+    from latentae import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, dest, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(weights, "_download", no_network)
+    return tmp_path / "torch" / "hub" / "checkpoints"

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 from PIL import Image
 
-from latentae import weights
 from latentae.cli import main
 from latentae.exporting import export
 from latentae.models import KLAutoencoder, VQTokenizer
@@ -22,17 +20,6 @@ from latentae.models import KLAutoencoder, VQTokenizer
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
 
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """An empty torch hub cache and a network that always fails."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest, **kwargs):
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(weights, "_download", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,6 @@
 """Evaluation metrics against independent computations: PSNR / SSIM in numpy on Kodak crops, FID with scipy,
 LPIPS against the training loss module; missing weight files reported as unavailable."""
 import math
-import urllib.error
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
-from latentae import weights
 from latentae.data import load_image, to_tensor
 from latentae.evaluation import evaluate
 from latentae.evaluation.metrics import FIDMetric, to_uint8
@@ -20,17 +18,6 @@ from latentae.models import AutoencoderOutput, KLAutoencoder
 
 TINY = dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
 
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """An empty torch hub cache and a network that always fails."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest, **kwargs):
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(weights, "_download", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def degrade(x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from quantizer_checks import check_low_precision
 
 from latentae.config import ConfigError
 from latentae.quantizers.gumbel import GumbelQuantizer
@@ -131,17 +132,4 @@ def test_stats_and_bad_arguments():
 
 
 def test_low_precision_inputs_and_models():
-    torch.manual_seed(5)
-    q = GumbelQuantizer(4, codebook_size=16, codebook_dim=3).eval()
-    z = torch.randn(1, 4, 4, 4).bfloat16()
-    ref = q(z.float())  # fp32 on the same values
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = q(z)
-    assert out.quantized.dtype == torch.bfloat16 and torch.equal(out.indices, ref.indices)
-    assert all(v.dtype == torch.float32 for v in out.losses.values())
-    assert torch.equal(out.quantized, ref.quantized.bfloat16())
-    assert torch.equal(q.indices_to_codes(out.indices).bfloat16(), out.quantized)
-    q = q.bfloat16()  # a model cast wholesale: projections run in bf16, the rest in fp32
-    out = q(z)
-    assert out.quantized.dtype == torch.bfloat16 and out.indices.dtype == torch.int64
-    assert torch.equal(q.indices_to_codes(out.indices).bfloat16(), out.quantized)
+    check_low_precision(GumbelQuantizer(4, codebook_size=16, codebook_dim=3), 4)

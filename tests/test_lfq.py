@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from quantizer_checks import check_low_precision
 import torch.nn.functional as F
 
 from latentae.config import ConfigError
@@ -132,20 +133,7 @@ def test_codebook_size_not_power_of_two_raises(size):
 
 
 def test_low_precision_inputs_and_models():
-    torch.manual_seed(5)
-    q = LFQ(6, codebook_size=16).eval()
-    z = torch.randn(1, 6, 4, 4).bfloat16()
-    ref = q(z.float())  # fp32 on the same values
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = q(z)
-    assert out.quantized.dtype == torch.bfloat16 and torch.equal(out.indices, ref.indices)
-    assert all(v.dtype == torch.float32 for v in out.losses.values())
-    assert torch.equal(out.quantized, ref.quantized.bfloat16())
-    assert torch.equal(q.indices_to_codes(out.indices).bfloat16(), out.quantized)
-    q = q.bfloat16()  # a model cast wholesale: projections run in bf16, the rest in fp32
-    out = q(z)
-    assert out.quantized.dtype == torch.bfloat16 and out.indices.dtype == torch.int64
-    assert torch.equal(q.indices_to_codes(out.indices).bfloat16(), out.quantized)
+    check_low_precision(LFQ(6, codebook_size=16), 6)
 
 
 def test_bad_shapes_raise():

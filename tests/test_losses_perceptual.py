@@ -1,5 +1,4 @@
 """LPIPS loss: trunk weights resolved offline-safely and loaded, frozen, eval-only, fp32 under autocast."""
-import urllib.error
 
 import pytest
 import torch
@@ -9,17 +8,6 @@ from latentae import weights
 from latentae.errors import MissingWeightsError, ModelFormatError
 from latentae.losses import AutoencoderLoss, LossConfig, PerceptualLoss
 
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """An empty torch hub cache and a network that always fails."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest, **kwargs):
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(weights, "_download", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def _alexnet_features_checkpoint(path):

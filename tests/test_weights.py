@@ -9,38 +9,27 @@ from latentae.cli import main
 from latentae.errors import LatentaeError, MissingWeightsError
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty $TORCH_HOME; downloads fail unless a test installs its own fake."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
-    def offline(url, dest, **kwargs):
-        raise urllib.error.URLError("Name or service not known")
-
-    monkeypatch.setattr(weights, "_download", offline)
-    return tmp_path / "torch" / "hub" / "checkpoints"
+def test_checkpoints_dir_follows_torch_home(offline_cache):
+    assert weights.checkpoints_dir() == offline_cache
 
 
-def test_checkpoints_dir_follows_torch_home(cache):
-    assert weights.checkpoints_dir() == cache
-
-
-def test_configured_path_then_cache(cache, tmp_path):
+def test_configured_path_then_cache(offline_cache, tmp_path):
     local = tmp_path / "my-vgg.pth"
     local.write_bytes(b"x")
     assert weights.resolve("vgg16", local) == local
     with pytest.raises(MissingWeightsError, match="does not exist: .*nowhere.pth"):
         weights.resolve("vgg16", tmp_path / "nowhere.pth")
-    cache.mkdir(parents=True)
-    (cache / "vgg16-397923af.pth").write_bytes(b"y")
-    assert weights.resolve("vgg16") == cache / "vgg16-397923af.pth"  # found without any download
+    offline_cache.mkdir(parents=True)
+    (offline_cache / "vgg16-397923af.pth").write_bytes(b"y")
+    assert weights.resolve("vgg16") == offline_cache / "vgg16-397923af.pth"  # found without any download
 
 
-def test_offline_error_names_file_directory_url_and_remedies(cache):
+def test_offline_error_names_file_directory_url_and_remedies(offline_cache):
     with pytest.raises(MissingWeightsError) as err:
         weights.resolve("alexnet")
     message = str(err.value)
-    for part in ("alexnet-owt-7be5be79.pth", str(cache), "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    for part in ("alexnet-owt-7be5be79.pth", str(offline_cache), "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                  "latentae fetch-weights --only alexnet", "loss.perceptual_weight=0", "Name or service not known"):
         assert part in message
     with pytest.raises(MissingWeightsError) as err:
@@ -49,7 +38,7 @@ def test_offline_error_names_file_directory_url_and_remedies(cache):
     assert "perceptual_weight" not in str(err.value)
 
 
-def test_download_lands_in_cache(cache, monkeypatch):
+def test_download_lands_in_cache(offline_cache, monkeypatch):
     calls = []
 
     def fake(url, dest, **kwargs):
@@ -58,7 +47,7 @@ def test_download_lands_in_cache(cache, monkeypatch):
         dest.write_bytes(b"weights")
 
     monkeypatch.setattr(weights, "_download", fake)
-    assert weights.resolve("inception") == cache / "weights-inception-2015-12-05-6726825d.pth"
+    assert weights.resolve("inception") == offline_cache / "weights-inception-2015-12-05-6726825d.pth"
     assert calls == [weights.REGISTRY["inception"].url]
     weights.resolve("inception")
     assert len(calls) == 1  # cached now
@@ -76,7 +65,7 @@ def test_download_checks_hash_and_leaves_no_partial_file(tmp_path):
     assert dest.read_bytes() == b"some weights"
 
 
-def test_lpips_heads_ship_with_the_package(cache):
+def test_lpips_heads_ship_with_the_package(offline_cache):
     for name in ("lpips-vgg", "lpips-alex"):
         path = weights.resolve(name, download=False)
         assert path.is_file() and path.parent.name == "v0.1"
@@ -87,7 +76,7 @@ def test_unknown_name():
         weights.resolve("resnet50")
 
 
-def test_fetch_weights_command(cache, tmp_path, monkeypatch, capsys):
+def test_fetch_weights_command(offline_cache, tmp_path, monkeypatch, capsys):
     assert main(["fetch-weights", "--only", "lpips-alex"]) == 0
     assert capsys.readouterr().out.startswith("ok     lpips-alex:")
 
