@@ -178,3 +178,32 @@ def test_config_errors_name_the_key(tmp_path, demo_images):
         load_run_config(PRESET, ["train.max_stpes=3"])
     with pytest.raises(ConfigError, match="loss.disc.norm"):
         load_run_config(PRESET, ["loss.disc.norm=layer"])
+
+
+def test_ema_export_and_tensorboard_keys(tmp_path, demo_images):
+    """The export holds the EMA weights (restored on resume); TensorBoard gets the namespaced scalars."""
+    from diffusers import AutoencoderKL
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["train.max_steps=3", "train.checkpoint_every=3", "train.ema_decay=0.5", "train.image_every=3",
+            f"data.val={demo_images}", "eval.every=3"]
+    run = Run(config(tmp_path, demo_images, *args))
+    run.fit()
+    exported = AutoencoderKL.from_pretrained(tmp_path / "export").state_dict()
+    raw = dict(run.model.named_parameters())
+    for (name, _), shadow in zip(run.model.named_parameters(), run.ema.shadow_params):
+        assert torch.equal(exported[name], shadow), name
+    assert any(not torch.equal(exported[n], p) for n, p in raw.items())  # EMA differs from the raw weights
+    resumed = Run(config(tmp_path, demo_images, *args, "train.resume=auto"))
+    assert all(torch.equal(a, b) for a, b in zip(run.ema.shadow_params, resumed.ema.shadow_params))
+
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"train/loss/total", "train/loss/rec", "train/loss/kl", "train/loss/g_adv", "train/adaptive_weight",
+                "train/disc/logits_real", "train/disc/logits_fake", "train/kl/channel_00",
+                "train/latent/active_channels", "train/lr/generator", "train/lr/discriminator",
+                "train/grad_norm/generator", "train/grad_norm/discriminator", "train/img_per_s",
+                "train/data_wait_s", "train/skipped/decode_error", "val/psnr", "val/ssim"}
+    assert expected <= scalars, expected - scalars
+    assert {"train/input_reconstruction_difference", "val/input_reconstruction_difference"} <= set(events.Tags()["images"])

@@ -87,12 +87,23 @@ class EncodeReport:
     seconds: float = 0.0
 
 
+def weights_fingerprint(model) -> str:
+    """sha256 (16 hex digits) of the parameters that produce latents: the encoder side, not the decoder."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if not name.startswith(("decoder.", "post_quant_conv.")):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
 def settings(model, *, model_source: str, store: str, storage_dtype: str, precision: str, resolution: int,
              max_pixels: int, small_images: str, seed: int) -> dict:
-    """What decides a shard's content: a rerun with different settings must not mix its shards in."""
+    """What decides a shard's content (a rerun with different settings must not mix its shards in), plus
+    where the model came from (`model`, informative only: the weights fingerprint identifies it)."""
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    return {"model": model_source, "model_class": type(model).__name__, "config": config,
-            "content": TOKENS if model.family == "vq" else f"{LATENTS}:{store}",
+    return {"model": model_source, "model_class": type(model).__name__, "weights": weights_fingerprint(model),
+            "config": config, "content": TOKENS if model.family == "vq" else f"{LATENTS}:{store}",
             "dtype": "int32" if model.family == "vq" else storage_dtype, "precision": precision,
             "resolution": resolution, "max_pixels": max_pixels, "small_images": small_images,
             **({"seed": seed} if store == "sample" and model.family != "vq" else {})}
@@ -103,14 +114,13 @@ def _normalized(obj):
 
 
 def _finished(output: Path, job: Job, expected: dict) -> bool:
-    """Whether an earlier run completed `job` (with the same `expected` settings, normalized)."""
+    """Whether an earlier run completed `job` with the same settings (`expected`, normalized)."""
     record_path, tar = output / f"{job.name}.json", output / f"{job.name}.tar"
     if not (tar.is_file() and record_path.is_file()):
         return False
-    record = json.loads(record_path.read_text())
-    if record.get("settings") != expected:
-        old = record.get("settings") or {}
-        diff = sorted(k for k in set(old) | set(expected) if old.get(k) != expected.get(k))
+    old = json.loads(record_path.read_text()).get("settings") or {}
+    diff = sorted(k for k in set(old) | set(expected) if k != "model" and old.get(k) != expected.get(k))
+    if diff:
         raise LatentaeError(f"{tar} was written with different settings ({', '.join(diff)}); use a new --output "
                             "folder, or --overwrite to re-encode everything")
     return True

@@ -21,7 +21,7 @@ def default_device() -> torch.device:
 
 
 class Runtime:
-    """A model moved to `device` in eval mode, plus the context its forwards run under.
+    """A model moved (in place) to `device` in eval mode, plus the context its forwards run under.
 
     bf16 is autocast (weights stay fp32, convolutions and matmuls run in bf16: AVX512-BF16 / AMX on CPUs,
     tensor cores on GPUs); quantizers turn autocast off for their lookups, so codebooks are searched in

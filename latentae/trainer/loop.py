@@ -155,7 +155,8 @@ class Run:
                     self.opt_g.zero_grad(set_to_none=True)
                     self.opt_d.zero_grad(set_to_none=True)
         self._count_nan(finite_window, step)
-        logs["lr"] = cfg.lr * factor
+        logs["lr/generator"] = cfg.lr * factor
+        logs["lr/discriminator"] = (cfg.disc_lr or cfg.lr) * factor
         logs["nan_skipped"] = self.state.nan_skipped
         self.last_images = (images, out.reconstruction)
         return logs
