@@ -30,7 +30,7 @@ def unknown_key_error(key: str, where: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key '{where}{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
 
 
-def _convert(value: Any, tp: Any, name: str) -> Any:
+def convert_value(value: Any, tp: Any, name: str) -> Any:
     """Check `value` against the annotation `tp` (converting lists to tuples and ints to floats)."""
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
@@ -41,7 +41,7 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, arg, name)
+                return convert_value(value, arg, name)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"config key '{name}': {value!r} is not a {_type_name(tp)}")
@@ -58,8 +58,12 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{name}': expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, e.g. betas: (b1, b2)
+            if len(value) != len(args):
+                raise ConfigError(f"config key '{name}': expected {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(convert_value(v, t, f"{name}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
         item = args[0] if args else Any
-        items = [_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        items = [convert_value(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -86,7 +90,7 @@ def from_dict(cls: type, data: dict, where: str = ""):
     for key in data:
         if key not in fields:
             raise unknown_key_error(key, where, list(fields))
-    kwargs = {k: _convert(v, hints[k], f"{where}{k}") for k, v in data.items()}
+    kwargs = {k: convert_value(v, hints[k], f"{where}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field without default

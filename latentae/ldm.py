@@ -25,6 +25,8 @@ _RULES = [
     ("{p}.mid.attn_1.proj_out.", "{p}.mid_block.attentions.0.to_out.0."),
     ("{p}.norm_out.", "{p}.conv_norm_out."),
 ]
+# Renamed wherever they occur (inside any resnet): (LDM name, diffusers name).
+_PARTS = [(".nin_shortcut.", ".conv_shortcut.")]
 _SEGMENT = {"i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "r": r"(?P<r>\d+)", "p": r"(?P<p>encoder|decoder)"}
 _ATTN_LINEAR = re.compile(r"mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
 _PREFIXES = ("first_stage_model.", "vae.")
@@ -41,14 +43,17 @@ _LDM_TO_DIFFUSERS = [(_compile(a), b) for a, b in _RULES]
 _DIFFUSERS_TO_LDM = [(_compile(b), a) for a, b in _RULES]
 
 
-def _rename(key: str, rules, num_levels: int) -> str:
+def _rename(key: str, rules, num_levels: int, to_diffusers: bool) -> str:
     for regex, template in rules:
         m = regex.match(key)
         if m:
             groups = m.groupdict()
             if "r" in groups:
                 groups["r"] = str(num_levels - 1 - int(groups["r"]))
-            return template.format(**groups) + key[m.end():]
+            key = template.format(**groups) + key[m.end():]
+            break
+    for ldm_part, diffusers_part in _PARTS:
+        key = key.replace(*((ldm_part, diffusers_part) if to_diffusers else (diffusers_part, ldm_part)))
     return key
 
 
@@ -70,7 +75,7 @@ def ldm_to_diffusers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     n = num_levels_ldm(state_dict)
     out = {}
     for key, value in state_dict.items():
-        new = _rename(key, _LDM_TO_DIFFUSERS, n)
+        new = _rename(key, _LDM_TO_DIFFUSERS, n, to_diffusers=True)
         if _ATTN_LINEAR.search(new) and value.ndim == 4:
             value = value[:, :, 0, 0]
         out[new] = value
@@ -85,7 +90,7 @@ def diffusers_to_ldm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, value in state_dict.items():
         if _ATTN_LINEAR.search(key) and value.ndim == 2:
             value = value[:, :, None, None]
-        out[_rename(key, _DIFFUSERS_TO_LDM, n)] = value
+        out[_rename(key, _DIFFUSERS_TO_LDM, n, to_diffusers=False)] = value
     return out
 
 
@@ -123,5 +128,13 @@ def read_checkpoint(path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            "it holds pickled Python objects besides tensors (e.g. a Lightning checkpoint's hyper-parameters), and "
+            "latentae never unpickles; if you trust the file, re-save its state_dict as .safetensors "
+            f"(torch.load(..., weights_only=False)). Detail: {str(e).splitlines()[0]}") from None
     return obj.get("state_dict", obj) if isinstance(obj, dict) else obj

@@ -59,3 +59,11 @@ def test_family_specific_keys_checked():
         ModelConfig(family="vq", quantizer={"kind": "pq"})
     with pytest.raises(ConfigError, match="model.quantizer.codebook_sise.*codebook_size"):
         ModelConfig(family="vq", quantizer={"kind": "vq", "codebook_sise": 8})
+
+
+def test_quantizer_options_are_typed():
+    cfg = load_config(Outer, {"model": {"family": "vq", "quantizer": {"kind": "vq", "ema_decay": "1e-2",
+                                                                     "codebook_size": 64}}})
+    assert cfg.model.quantizer["ema_decay"] == 0.01  # YAML's '1e-2' string became the float the option declares
+    with pytest.raises(ConfigError, match="model.quantizer.l2_normalize.*expected bool"):
+        load_config(Outer, {"model": {"family": "vq", "quantizer": {"kind": "vq", "l2_normalize": "false"}}})

@@ -175,9 +175,15 @@ def test_rerun_skips_finished_shards_and_replaces_leftovers(tmp_path):
     assert (out / "part-00001.tar").stat().st_mtime_ns == finished
     assert not list(out.glob("*.tmp"))
     assert sorted(output_keys(out)) == sorted(keys)
-    # different settings must not be mixed into the same output
+    # the same weights from another path, in another memory layout, with new scaling constants: nothing to do
+    model.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    again = encode_dataset(model, pattern, out, workers=0, channels_last=True, model_source="elsewhere")
+    assert again.shards_written == [] and len(again.shards_done_before) == 4
+    # different settings or weights must not be mixed into the same output
     with pytest.raises(LatentaeError, match="different settings.*content"):
         encode_dataset(model, pattern, out, store="mean", workers=0)
+    with pytest.raises(LatentaeError, match=r"different settings \(weights\)"):
+        encode_dataset(tiny_kl(seed=5), pattern, out, workers=0)
 
 
 def test_folder_is_grouped_into_image_shards(tmp_path):
@@ -230,5 +236,7 @@ def test_cli_encode_and_bad_input(tmp_path, capsys):
                                       str(tmp_path / "o3"))
     assert "not found" in error("--model", str(model_dir), "--data", str(tmp_path / "nope.tar"), "--output",
                                 str(tmp_path / "o4"))
+    assert "would overwrite the input" in error("--model", str(model_dir), "--data", pattern, "--output",
+                                                str(tmp_path / "in"))
     assert "--seed only takes effect with --store sample" in error(
         "--model", str(model_dir), "--data", pattern, "--output", str(tmp_path / "o5"), "--seed", "3")

@@ -24,6 +24,8 @@ def test_round_trip_is_exact(vae):
     as_ldm = ldm.diffusers_to_ldm(state)
     assert "encoder.down.0.block.1.conv1.weight" in as_ldm and "decoder.up.0.upsample.conv.weight" not in as_ldm
     assert as_ldm["encoder.mid.attn_1.q.weight"].ndim == 4
+    assert "encoder.down.1.block.0.nin_shortcut.weight" in as_ldm  # real LDM naming (16 -> 32 channels)
+    assert not any("conv_shortcut" in k or "down_blocks" in k for k in as_ldm)
     back = ldm.ldm_to_diffusers(as_ldm)
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)

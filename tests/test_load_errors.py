@@ -52,3 +52,13 @@ def test_cli_export_and_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file or directory" in err
+
+
+def test_pickled_checkpoint_is_refused_with_advice(tmp_path):
+    class Hyper:  # what a Lightning checkpoint carries beside its tensors
+        lr = 1e-4
+
+    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}, "hyper_parameters": Hyper()},
+               tmp_path / "lightning.ckpt")
+    with pytest.raises(ModelFormatError, match="never unpickles.*safetensors"):
+        latentae.load(tmp_path / "lightning.ckpt")

@@ -207,3 +207,72 @@ def test_ema_export_and_tensorboard_keys(tmp_path, demo_images):
                 "train/data_wait_s", "train/skipped/decode_error", "val/psnr", "val/ssim"}
     assert expected <= scalars, expected - scalars
     assert {"train/input_reconstruction_difference", "val/input_reconstruction_difference"} <= set(events.Tags()["images"])
+
+
+def test_fp16_scaler_unscales_each_optimizer_once(tmp_path, demo_images, monkeypatch):
+    """With a GradScaler and two optimizers, both gradients are divided by the scale exactly once."""
+    run = Run(config(tmp_path, demo_images, "train.max_steps=1", "train.grad_clip=10.0", "train.disc_grad_clip=null"))
+    acc = run.accelerator
+    monkeypatch.setattr(acc, "native_amp", True)
+    monkeypatch.setattr(type(acc), "mixed_precision", property(lambda self: "fp16"))
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    acc.scaler.scale(torch.ones(()))  # what accelerator.backward does first: sets up the scale
+    run.opt_g.scaler = run.opt_d.scaler = acc.scaler  # as accelerate's prepare wires them under fp16
+    torch.manual_seed(0)
+    true = {}
+    for module in (run.model, run.loss.discriminator):
+        for p in module.parameters():
+            if p.requires_grad:
+                true[p] = torch.randn_like(p) * 1e-3
+                p.grad = true[p] * 1024.0
+    logs = run._update(d_active=True)
+    norm = lambda ps: torch.stack([true[p].norm() for p in ps if p in true]).norm()  # noqa: E731
+    assert torch.allclose(logs["grad_norm/generator"], norm(run.model.parameters()), rtol=1e-5)
+    assert torch.allclose(logs["grad_norm/discriminator"], norm(run.loss.discriminator.parameters()), rtol=1e-5)
+    for p, g in true.items():
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=0), "a gradient was unscaled twice (or not at all)"
+
+
+def test_nonfinite_discriminator_loss_never_reaches_its_weights(tmp_path, demo_images, monkeypatch):
+    from latentae.losses import AutoencoderLoss
+
+    real = AutoencoderLoss.forward
+
+    def poisoned(self, images, rec, *, step, mode="generator", **kw):
+        total, logs = real(self, images, rec, step=step, mode=mode, **kw)
+        return (total * float("inf") if mode == "discriminator" and step == 1 else total), logs
+
+    monkeypatch.setattr(AutoencoderLoss, "forward", poisoned)
+    run = Run(config(tmp_path, demo_images, "train.max_steps=3", "train.checkpoint_every=100"))
+    run.fit()
+    assert run.state.nan_skipped == 1
+    assert all(torch.isfinite(p).all() for p in run.loss.discriminator.parameters())
+
+
+def test_decoder_only_finetune_keeps_an_ema_codebook(tmp_path, demo_images):
+    """EMA / dead-code maintenance of a quantizer outside train.trainable must not move its codebook."""
+    import yaml
+
+    from latentae.models import VQTokenizer
+
+    torch.manual_seed(0)
+    spec = {"kind": "vq", "codebook_size": 16, "ema_decay": 0.5, "dead_code_threshold": 0.5}
+    VQTokenizer(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, latent_channels=8,
+                quantizer=spec).save_pretrained(tmp_path / "pretrained")
+    before = VQTokenizer.from_pretrained(tmp_path / "pretrained").quantize.embedding.weight.clone()
+    preset = yaml.safe_load((ROOT / "configs" / "tiny-vq.yaml").read_text())
+    del preset["model"]
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(preset))
+    args = [o for o in tiny_run_overrides(tmp_path / "run", demo_images) if not o.startswith("model.")]
+    run = Run(load_run_config(str(tmp_path / "ft.yaml"), args + [
+        f"train.init_from={tmp_path / 'pretrained'}", "train.trainable=[decoder]", "train.max_steps=2"]))
+    run.fit()
+    assert torch.equal(run.model.quantize.embedding.weight, before)
+    assert load_run_config(str(tmp_path / "run" / "config.yaml"), []).train.init_from  # the saved config reloads
+
+
+def test_config_errors_for_clipping_and_tuples():
+    with pytest.raises(ConfigError, match="train.grad_clip.*> 0 or null"):
+        load_run_config(PRESET, ["train.grad_clip=0"])
+    with pytest.raises(ConfigError, match="train.betas.*expected 2 values"):
+        load_run_config(PRESET, ["train.betas=[0.9,0.95,0.99]"])

@@ -10,7 +10,7 @@ HELP = "decode latent / token shards back to PNG images"
 
 def add_arguments(p):
     from latentae.commands.encode import positive_int
-    from latentae.latents.runtime import PRECISIONS
+    from latentae.latents.options import PRECISIONS
 
     p.add_argument("--model", required=True, help="the model that encoded the latents")
     p.add_argument("--latents", required=True, help="latentae encode output: folder, shard pattern or tar")

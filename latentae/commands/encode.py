@@ -30,14 +30,15 @@ def positive_int(text: str) -> int:
 def add_common_arguments(p):
     """Options shared with `latentae stats` (which encodes on the fly)."""
     from latentae.data.config import DEFAULT_MAX_PIXELS
-    from latentae.latents.runtime import PRECISIONS
+    from latentae.latents.options import PRECISIONS
 
     p.add_argument("--model", required=True, help="export / diffusers directory or LDM checkpoint")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward (default: 16)")
     p.add_argument("--resolution", type=positive_int, help="resize the shorter side to R and center-crop R x R "
                    "(default: the model's sample_size)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (AVX512-BF16/AMX "
-                   "CPUs, recent GPUs); latents then differ from fp32 by ~1%% (default: fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast, ~2x faster on "
+                   "AVX512-BF16 / AMX CPUs and recent GPUs; latents then differ from fp32 by about 1-2%% relative "
+                   "(default: fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions with "
                    "oneDNN / cuDNN, mostly together with bf16)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes decoding images "
@@ -47,8 +48,7 @@ def add_common_arguments(p):
 
 
 def add_arguments(p):
-    from latentae.latents.encode import STORAGE_DTYPES
-    from latentae.latents.format import STORE_CHOICES
+    from latentae.latents.options import STORAGE_DTYPES, STORE_CHOICES
 
     add_common_arguments(p)
     p.add_argument("--data", required=True, help="shard pattern (data-{00000..00099}.tar), tar, pipe: URL, image "
@@ -57,7 +57,7 @@ def add_arguments(p):
     p.add_argument("--store", choices=STORE_CHOICES, help="KL models: mean and logvar ([2C, h, w], default), "
                    "the posterior mean, or one posterior sample (seeded per sample key, see --seed)")
     p.add_argument("--seed", type=int, help="noise seed for --store sample (default: 0)")
-    p.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="float32", help="stored latent precision "
+    p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32", help="stored latent precision "
                    "(float16 halves the size; default: float32)")
     p.add_argument("--small-images", choices=("upscale", "skip"), default="upscale", help="images whose shorter "
                    "side is below the resolution: upscale them or skip them (default: upscale)")

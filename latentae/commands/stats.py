@@ -21,7 +21,7 @@ HELP = "latent mean/std and the scaling/shift factors for diffusers (--write: in
 
 def add_arguments(p):
     from latentae.commands.encode import add_common_arguments, positive_int
-    from latentae.latents.stats import CONVENTIONS
+    from latentae.latents.options import CONVENTIONS
 
     add_common_arguments(p)
     source = p.add_mutually_exclusive_group(required=True)

@@ -1,8 +1,23 @@
 """Latent-space tools from the VAE literature, as PNG figures: interpolation (linear / spherical), latent
 arithmetic, prior samples, KL per channel, codebook usage and an anomaly ranking. CLI: `latentae inspect`."""
-from latentae.inspect.diagnostics import SCORES, Scored, anomaly_scores, code_counts, kl_per_channel
-from latentae.inspect.drawing import bar_chart, image_grid, stack_vertically
-from latentae.inspect.latent_space import arithmetic, denormalize, interpolate, lerp, prior_samples, slerp
+from __future__ import annotations
 
-__all__ = ["SCORES", "Scored", "anomaly_scores", "arithmetic", "bar_chart", "code_counts", "denormalize",
-           "image_grid", "interpolate", "kl_per_channel", "lerp", "prior_samples", "slerp", "stack_vertically"]
+SCORES = ("elbo", "recon")  # anomaly scores, see diagnostics.py (here: the CLI's parser needs no torch)
+
+_LAZY = {
+    "Scored": "diagnostics", "anomaly_scores": "diagnostics", "code_counts": "diagnostics",
+    "kl_per_channel": "diagnostics", "bar_chart": "drawing", "image_grid": "drawing",
+    "stack_vertically": "drawing", "arithmetic": "latent_space", "denormalize": "latent_space",
+    "interpolate": "latent_space", "lerp": "latent_space", "prior_samples": "latent_space", "slerp": "latent_space",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"latentae.inspect.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'latentae.inspect' has no attribute {name!r}")
+
+
+__all__ = ["SCORES", *sorted(_LAZY)]

@@ -15,9 +15,9 @@ import torch
 
 from latentae.data.sources import expand_sources
 from latentae.errors import LatentaeError
+from latentae.inspect import SCORES
 from latentae.latents.jobs import job_loader, plan_jobs
 
-SCORES = ("elbo", "recon")
 
 
 def batches(spec: str, *, resolution: int, batch_size: int = 8, workers: int = 0) -> Iterator[dict]:

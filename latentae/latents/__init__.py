@@ -3,12 +3,23 @@ latent statistics diffusion pipelines normalize with.
 
     from latentae.latents import encode_dataset, write_manifest, iter_encoded, decode_encoded, latent_stats
 """
-from latentae.latents.decode import decode_encoded, save_decoded
-from latentae.latents.encode import EncodeReport, LatentEncoder, encode_dataset, write_manifest
-from latentae.latents.format import iter_encoded, read_manifest
-from latentae.latents.runtime import Runtime, launch
-from latentae.latents.stats import LatentStats, latent_stats, latent_stats_of_images, write_normalization
+from __future__ import annotations
 
-__all__ = ["EncodeReport", "LatentEncoder", "LatentStats", "Runtime", "decode_encoded", "encode_dataset",
-           "iter_encoded", "latent_stats", "latent_stats_of_images", "launch", "read_manifest", "save_decoded",
-           "write_manifest", "write_normalization"]
+# Loaded on first use: the CLI imports latentae.latents.options for its parser without paying for torch.
+_LAZY = {
+    "EncodeReport": "encode", "LatentEncoder": "encode", "encode_dataset": "encode", "write_manifest": "encode",
+    "decode_encoded": "decode", "save_decoded": "decode", "iter_encoded": "format", "read_manifest": "format",
+    "Runtime": "runtime", "launch": "runtime", "LatentStats": "stats", "latent_stats": "stats",
+    "latent_stats_of_images": "stats", "write_normalization": "stats",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"latentae.latents.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'latentae.latents' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -25,12 +25,11 @@ from latentae.data.config import DEFAULT_MAX_PIXELS
 from latentae.data.skips import SkipCounter
 from latentae.data.sources import expand_sources, tar_index
 from latentae.errors import LatentaeError
-from latentae.latents.format import (FORMAT, LATENTS, MANIFEST, META, STORE_CHOICES, TOKENS, npy_bytes,
-                                     write_json)
+from latentae.latents.format import FORMAT, LATENTS, MANIFEST, META, TOKENS, npy_bytes, write_json
 from latentae.latents.jobs import Job, job_loader, plan_jobs
+from latentae.latents.options import STORAGE_DTYPES, STORE_CHOICES
 from latentae.latents.runtime import Runtime
 
-STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def _key_seed(seed: int, key: str) -> int:
@@ -46,13 +45,13 @@ class LatentEncoder:
         if store not in STORE_CHOICES:
             raise LatentaeError(f"store must be one of {STORE_CHOICES}, got {store!r}")
         if storage_dtype not in STORAGE_DTYPES:
-            raise LatentaeError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
+            raise LatentaeError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         self.runtime = runtime
         self.tokens = runtime.model.family == "vq"
         self.member = TOKENS if self.tokens else LATENTS
         self.store = store
         self.seed = seed
-        self.dtype = np.int32 if self.tokens else STORAGE_DTYPES[storage_dtype]
+        self.dtype = np.int32 if self.tokens else np.dtype(storage_dtype)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor, keys: Sequence[str]) -> list[np.ndarray]:
@@ -92,8 +91,8 @@ def weights_fingerprint(model) -> str:
     h = hashlib.sha256()
     for name, p in model.named_parameters():
         if not name.startswith(("decoder.", "post_quant_conv.")):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
+            h.update(f"{name}{list(p.shape)}".encode())
+            h.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())  # raw bytes, any layout
     return h.hexdigest()[:16]
 
 
@@ -113,13 +112,26 @@ def _normalized(obj):
     return json.loads(json.dumps(obj, default=str))  # tuples vs lists: compare what was written
 
 
+# Config keys that do not change latents: the normalization constants `latentae stats --write` sets later,
+# decode-side precision, and sample_size (only a default of `resolution`, which is compared itself).
+_NOT_CONTENT = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast", "sample_size")
+
+
+def _comparable(settings: dict) -> dict:
+    """Settings minus what does not decide content: the model's path (the weights fingerprint identifies it)
+    and the config keys in _NOT_CONTENT."""
+    config = {k: v for k, v in (settings.get("config") or {}).items() if k not in _NOT_CONTENT}
+    return {**{k: v for k, v in settings.items() if k != "model"}, "config": config}
+
+
 def _finished(output: Path, job: Job, expected: dict) -> bool:
     """Whether an earlier run completed `job` with the same settings (`expected`, normalized)."""
     record_path, tar = output / f"{job.name}.json", output / f"{job.name}.tar"
     if not (tar.is_file() and record_path.is_file()):
         return False
-    old = json.loads(record_path.read_text()).get("settings") or {}
-    diff = sorted(k for k in set(old) | set(expected) if k != "model" and old.get(k) != expected.get(k))
+    old = _comparable(json.loads(record_path.read_text()).get("settings") or {})
+    new = _comparable(expected)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         raise LatentaeError(f"{tar} was written with different settings ({', '.join(diff)}); use a new --output "
                             "folder, or --overwrite to re-encode everything")
@@ -142,12 +154,16 @@ def encode_dataset(model, data: str | Sequence[str], output: str | Path, *, batc
     resolution = resolution or int(model.config.get("sample_size") or 256)
     jobs = plan_jobs(expand_sources(data), images_per_shard=images_per_shard)
     output = Path(output)
+    for job in jobs:  # encoding a folder of shards into itself would replace them
+        if any(os.path.abspath(s.url) == os.path.abspath(output / f"{job.name}.tar") for s in job.sources):
+            raise LatentaeError(f"--output {output} would overwrite the input {job.sources[0].url}: "
+                                "write the latents to another folder")
     output.mkdir(parents=True, exist_ok=True)
-    encoder = LatentEncoder(Runtime(model, device=device, precision=precision, channels_last=channels_last),
-                            store=store, seed=seed, storage_dtype=storage_dtype)
     expected = _normalized(settings(model, model_source=model_source, store=store, storage_dtype=storage_dtype,
                                     precision=precision, resolution=resolution, max_pixels=max_pixels,
                                     small_images=small_images, seed=seed))
+    encoder = LatentEncoder(Runtime(model, device=device, precision=precision, channels_last=channels_last),
+                            store=store, seed=seed, storage_dtype=storage_dtype)
     report = EncodeReport(jobs=jobs, settings=expected)
     mine = jobs[rank::world_size]
     todo = [job for job in mine if overwrite or not _finished(output, job, expected)]

@@ -36,7 +36,6 @@ META = "json"
 SOURCE_META = "source.json"  # the source sample's own .json
 MANIFEST = "manifest.json"
 FORMAT = "latentae.latents/1"
-STORE_CHOICES = ("both", "mean", "sample")  # what a KL model's sample holds; see the module docstring
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from latentae.errors import LatentaeError
+from latentae.latents.options import PRECISIONS
 
 Precision = Literal["fp32", "bf16"]
-PRECISIONS = ("fp32", "bf16")
 
 
 def default_device() -> torch.device:
@@ -63,5 +63,5 @@ def launch() -> Launch:
     is initialized through accelerate; a plain process is rank 0 of 1 on the default device."""
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True a CPU torchrun stays 1 process
     return Launch(state.process_index, state.num_processes, state.device, state.wait_for_everyone)

@@ -29,9 +29,9 @@ from latentae.data.sources import expand_sources
 from latentae.errors import LatentaeError
 from latentae.latents.format import iter_encoded
 from latentae.latents.jobs import job_loader, plan_jobs
+from latentae.latents.options import CONVENTIONS
 from latentae.latents.runtime import Runtime
 
-CONVENTIONS = ("sd", "sd3", "sdxl")
 NORMALIZATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
 

@@ -44,7 +44,7 @@ class ModelConfig:
         if self.family == "vq":
             from latentae.quantizers import check_quantizer_spec
 
-            check_quantizer_spec(self.quantizer, where="model.quantizer")
+            self.quantizer = check_quantizer_spec(self.quantizer, where="model.quantizer")
 
     def model_kwargs(self) -> dict:
         """Constructor arguments of the model class this config describes."""

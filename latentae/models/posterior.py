@@ -24,8 +24,10 @@ class GaussianPosterior:
         return self.mean
 
     def kl_per_channel(self) -> Tensor:
-        """KL(q || N(0, I)) per sample and channel, summed over H, W: [B, C]."""
-        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(2, 3))
+        """KL(q || N(0, I)) per sample and channel, summed over H, W: [B, C]. In fp32 whatever the moments'
+        dtype: under bf16 autocast var - 1 - logvar cancels badly near the prior."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(2, 3))
 
     def kl(self) -> Tensor:
         """Per-sample KL summed over C, H, W: [B] (LDM's convention; divide by C*H*W for a mean)."""

@@ -121,6 +121,12 @@ class Quantizer(nn.Module):
     """Base class: forward(z [B, D, H, W]) -> QuantizerOutput; indices_to_codes(indices) -> [B, D, H, W]."""
 
     codebook_size: int
+    # Training forwards may rewrite the codebook (EMA, dead-code restart, k-means init). The trainer turns this
+    # off for a quantizer it does not train, so decoder-only fine-tuning keeps the latent space bit-identical.
+    codebook_updates: bool = True
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def set_step(self, step: int) -> None:
+        """The run's optimizer step, for quantizers with schedules (the Gumbel temperature); else nothing."""

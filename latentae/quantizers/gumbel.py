@@ -89,6 +89,10 @@ class GumbelQuantizer(Quantizer):
         """fp32 code vectors [N, codebook_dim] of flat indices (a lookup, no matmul rounding)."""
         return F.embedding(indices, self.embed.weight.float())
 
+    def set_step(self, step: int) -> None:
+        """Anneal by optimizer steps (not forwards, which grad accumulation multiplies)."""
+        self.step.fill_(step)
+
     def forward(self, z: Tensor) -> QuantizerOutput:
         check_input(z, self.dim)
         tau = self.temperature()

@@ -42,6 +42,10 @@ LAPLACE_EPS = 1e-5  # additive smoothing of EMA cluster sizes: a code nobody pic
 
 
 
+def finite_rows(x: Tensor) -> Tensor:
+    return x[torch.isfinite(x).all(dim=1)]
+
+
 def _is_rank0() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
@@ -151,8 +155,8 @@ class VectorQuantizer(Quantizer):
         code [N, codebook_dim] the selected codes, indices [N] int64, losses the weighted VQ terms.
         """
         xc = F.normalize(x, dim=1) if self.l2_normalize else x
-        if self.kmeans_init and self.training and not bool(self.initialized):
-            self._kmeans_init(xc.detach())
+        if self.kmeans_init and self.training and self.codebook_updates and not bool(self.initialized):
+            self._kmeans_init(finite_rows(xc.detach()))
         with torch.no_grad():
             # cdist on x itself, as diffusers' VQModel computes it on its quant_conv output, so exported models
             # pick the same tokens. With unit-norm codes the Euclidean argmin equals the cosine argmax of xc.
@@ -168,8 +172,10 @@ class VectorQuantizer(Quantizer):
         """Training-time maintenance from this forward's rows `x` [N, codebook_dim] (as compared with codes) and
         their `indices` [N]: EMA update, decayed usage counts, dead-code restart. One all-reduce per call on every
         rank, then a broadcast only when (all-reduced, hence rank-independent) usage says codes are dead."""
-        if self.ema_decay is None and self.dead_code_threshold == 0:
+        if (self.ema_decay is None and self.dead_code_threshold == 0) or not self.codebook_updates:
             return
+        finite = torch.isfinite(x).all(dim=1)  # a non-finite row (fp16 overflow) must not poison the codebook
+        x, indices = x[finite], indices[finite]
         counts = torch.bincount(indices, minlength=self.codebook_size).float()
         if self.ema_decay is not None:
             sums = torch.zeros(self.codebook_size, x.shape[1], device=x.device).index_add_(0, indices, x)
@@ -196,11 +202,13 @@ class VectorQuantizer(Quantizer):
         if n_dead == 0:
             return
         n = x.shape[0]
-        if n_dead <= n:
-            rows = torch.randperm(n, device=x.device)[:n_dead]
+        if n == 0:  # no usable row on this rank: offer the current codes (only rank 0's offer is used)
+            offer = self.codebook()[dead]
+        elif n_dead <= n:
+            offer = x[torch.randperm(n, device=x.device)[:n_dead]]
         else:  # more dead codes than rows in this batch: some restart to the same row
-            rows = torch.randint(n, (n_dead,), device=x.device)
-        fresh = broadcast_from_rank0(x[rows].float())  # rank 0's rows, so every rank restarts to the same codes
+            offer = x[torch.randint(n, (n_dead,), device=x.device)]
+        fresh = broadcast_from_rank0(offer.float())  # rank 0's rows, so every rank restarts to the same codes
         self._set_codes(dead, fresh)
         self.usage_count[dead] = self.dead_code_threshold  # a restarted code must be picked soon or move again
 

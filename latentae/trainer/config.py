@@ -23,13 +23,14 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0, then the schedule below
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.0  # cosine: final lr = lr x min_lr_ratio
-    grad_clip: float | None = 1.0  # max global grad norm of the generator (None: no clipping)
+    grad_clip: float | None = 1.0  # max global grad norm of the generator (> 0; None: no clipping)
     disc_grad_clip: float | None = 1.0
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; weights stay fp32 (fp16 adds loss scaling)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     gradient_checkpointing: bool = False
-    ema_decay: float | None = None  # weight EMA of the generator (exported instead of raw weights when set)
+    ema_decay: float | None = None  # weight EMA of the generator, exported instead of the raw weights. A cap:
+    # diffusers' EMAModel uses min(ema_decay, (1+t)/(10+t)) at update t, so 0.9999 is reached after ~90k steps
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # newest checkpoints kept
     resume: str | None = None  # "auto": newest checkpoint in output_dir if any; or a checkpoint path
@@ -43,6 +44,10 @@ class TrainConfig:
         if self.trainable != ["all"] and not self.init_from:
             raise ConfigError("config key 'train.trainable' selects what to fine-tune: set train.init_from to the "
                               "pretrained model (a diffusers directory, a latentae export or an LDM checkpoint)")
+        for name in ("grad_clip", "disc_grad_clip"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"config key 'train.{name}' must be > 0 or null (no clipping), "
+                                  f"got {getattr(self, name)}: 0 would zero every gradient")
         for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(self, name)}")

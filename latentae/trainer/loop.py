@@ -24,11 +24,12 @@ from latentae.errors import LatentaeError
 from latentae.losses import AutoencoderLoss
 from latentae.models import build_model
 from latentae.models.config import config_of
+from latentae.quantizers.base import Quantizer
 from latentae.trainer import checkpoint
 from latentae.trainer.checkpoint import TrainState
 from latentae.trainer.config import RunConfig
 from latentae.trainer.monitor import Monitor
-from latentae.trainer.optim import build_optimizers, lr_factor, select_trainable, set_lr
+from latentae.trainer.optim import build_optimizers, disc_lr, lr_factor, select_trainable, set_lr
 
 
 def make_accelerator(cfg: RunConfig):
@@ -71,6 +72,14 @@ def make_ema(model, cfg: RunConfig):
     return EMAModel(model.parameters(), decay=cfg.train.ema_decay)
 
 
+def clip(params, max_norm: float | None) -> torch.Tensor:
+    """Clip the (already unscaled, already all-reduced) gradients to `max_norm`; return their norm before."""
+    params = [p for p in params if p.requires_grad and p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf")).detach()
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank) * 1_000_033 + step
 
@@ -79,7 +88,10 @@ def save_config(cfg: RunConfig, accelerator) -> None:
     if accelerator.is_main_process:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        resolved = to_dict(cfg)
+        if cfg.train.init_from:  # the architecture is the pretrained model's (see its export's config.json)
+            del resolved["model"]
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
 class Run:
@@ -93,6 +105,7 @@ class Run:
         self.model = make_model(cfg)
         self.loss = AutoencoderLoss(cfg.loss, family=self.model.family).to(acc.device)
         self.ema = make_ema(self.model, cfg)
+        self.quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
         self.state = TrainState()
         opt_g, opt_d = build_optimizers(self.model, self.loss.discriminator, cfg.train)
         self.model_ddp, disc_ddp, self.opt_g, self.opt_d = acc.prepare(self.model, self.loss.discriminator,
@@ -111,6 +124,8 @@ class Run:
         self.resumed_from = checkpoint.resolve_resume(cfg.train.resume, self.out / "checkpoints")
         if self.resumed_from is not None:
             acc.load_state(str(self.resumed_from))
+            if self.ema is not None:
+                self.ema.to(acc.device)  # accelerate loads custom states on the CPU
         save_config(cfg, acc)
         acc.init_trackers("tensorboard")
 
@@ -119,7 +134,7 @@ class Run:
         acc, cfg = self.accelerator, self.cfg.train
         factor = lr_factor(step, cfg)
         set_lr(self.opt_g, cfg.lr * factor)
-        set_lr(self.opt_d, (cfg.disc_lr or cfg.lr) * factor)
+        set_lr(self.opt_d, disc_lr(cfg) * factor)
         d_active = self.loss.discriminator_active(step)
         finite_window = True
         logs: dict = {}
@@ -129,6 +144,8 @@ class Run:
             monitor.add_data_wait(time.perf_counter() - t0)
             # After the fetch: an in-process loader may draw from the global RNG differently after a resume.
             torch.manual_seed(step_seed(self.cfg.seed, acc.process_index, step * cfg.grad_accum + micro))
+            for quantizer in self.quantizers:
+                quantizer.set_step(step)
             for reason, n in batch["skipped"].items():
                 self.state.samples_skipped[reason] = self.state.samples_skipped.get(reason, 0) + n
             images = batch["image"].to(acc.device, non_blocking=True)
@@ -146,7 +163,9 @@ class Run:
                 logs.update(g_logs)
                 if d_active and finite:
                     d_total, d_logs = self.loss(images, out.reconstruction, step=step, mode="discriminator")
-                    acc.backward(d_total)
+                    d_finite = self._all_finite(d_total)  # a NaN step must not reach D's weights either
+                    finite_window &= d_finite
+                    acc.backward(d_total if d_finite else d_total * 0.0)
                     logs.update({k: v for k, v in d_logs.items() if k != "loss/total"})
                     logs["loss/disc_total"] = d_total.detach()
                 if acc.sync_gradients:
@@ -156,7 +175,7 @@ class Run:
                     self.opt_d.zero_grad(set_to_none=True)
         self._count_nan(finite_window, step)
         logs["lr/generator"] = cfg.lr * factor
-        logs["lr/discriminator"] = (cfg.disc_lr or cfg.lr) * factor
+        logs["lr/discriminator"] = disc_lr(cfg) * factor
         logs["nan_skipped"] = self.state.nan_skipped
         self.last_images = (images, out.reconstruction)
         return logs
@@ -166,22 +185,26 @@ class Run:
         return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
 
     def _update(self, d_active: bool) -> dict:
+        """Unscale (fp16) every gradient once, clip each model's own, step both optimizers, update the scaler
+        once. (accelerate's clip_grad_norm_ unscales every optimizer and each AcceleratedOptimizer.step updates
+        the scaler: with two optimizers that unscales D's gradients twice.)"""
         acc, cfg = self.accelerator, self.cfg.train
-        logs = {"grad_norm/generator": self._clip(self.model.parameters(), cfg.grad_clip)}
-        self.opt_g.step()
+        acc.unscale_gradients()  # no-op without fp16's GradScaler
+        logs = {"grad_norm/generator": clip(self.model.parameters(), cfg.grad_clip)}
+        optimizers = [self.opt_g]
         if d_active:
-            logs["grad_norm/discriminator"] = self._clip(self.loss.discriminator.parameters(), cfg.disc_grad_clip)
-            self.opt_d.step()
+            logs["grad_norm/discriminator"] = clip(self.loss.discriminator.parameters(), cfg.disc_grad_clip)
+            optimizers.append(self.opt_d)
+        if acc.scaler is not None:
+            for opt in optimizers:
+                acc.scaler.step(opt.optimizer)  # skipped by the scaler on inf/NaN gradients
+            acc.scaler.update()
+        else:
+            for opt in optimizers:
+                opt.step()
         if self.ema is not None:
             self.ema.step(self.model.parameters())
         return logs
-
-    def _clip(self, params, max_norm):
-        params = [p for p in params if p.requires_grad]
-        if max_norm is not None:
-            return self.accelerator.clip_grad_norm_(params, max_norm).detach()
-        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        return torch.stack(grads).norm() if grads else torch.zeros(())
 
     def _count_nan(self, finite: bool, step: int) -> None:
         if finite:

@@ -7,14 +7,16 @@ import torch
 from torch import nn
 
 from latentae.config import ConfigError
+from latentae.quantizers.base import Quantizer
 from latentae.trainer.config import TrainConfig
 
 
 def select_trainable(model: nn.Module, prefixes: list[str]) -> list[str]:
     """Freeze every parameter whose name starts with none of `prefixes` ("all": train everything).
 
-    Returns the trainable names. Frozen parameters get requires_grad False, so DDP and AdamW skip them and they
-    stay bit-identical (decoder-only fine-tuning keeps an existing latent space).
+    Returns the trainable names. Frozen parameters get requires_grad False, so DDP and AdamW skip them, and a
+    quantizer outside the selection stops its codebook updates: frozen parts stay bit-identical (decoder-only
+    fine-tuning keeps an existing latent space).
     """
     names = [n for n, _ in model.named_parameters()]
     if prefixes != ["all"]:
@@ -23,13 +25,18 @@ def select_trainable(model: nn.Module, prefixes: list[str]) -> list[str]:
                 tops = sorted({n.split(".")[0] for n in names})
                 raise ConfigError(f"config key 'train.trainable': no parameter starts with {prefix!r} "
                                   f"(top-level modules: {', '.join(tops)})")
+    def selected(name: str) -> bool:
+        return prefixes == ["all"] or any(name.startswith(prefix) for prefix in prefixes)
+
     trainable = []
     for name, p in model.named_parameters():
-        keep = prefixes == ["all"] or any(name.startswith(prefix) for prefix in prefixes)
-        if not keep:
+        if not selected(name):
             p.requires_grad_(False)
         elif p.requires_grad:  # e.g. an EMA codebook stays frozen
             trainable.append(name)
+    for name, module in model.named_modules():
+        if isinstance(module, Quantizer):  # no EMA / restart / k-means rewrites of a codebook that is not trained
+            module.codebook_updates = selected(name + ".")
     if not trainable:
         raise ConfigError("config key 'train.trainable' leaves no trainable parameter")
     return trainable
@@ -51,6 +58,10 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def disc_lr(cfg: TrainConfig) -> float:
+    return cfg.lr if cfg.disc_lr is None else cfg.disc_lr
+
+
 def set_lr(optimizer, lr: float) -> None:
     """The schedule is a pure function of the step (lr_factor), set before each update: nothing to checkpoint,
     and it cannot drift from the step counter on resume or when a non-finite step is skipped."""
@@ -61,5 +72,5 @@ def set_lr(optimizer, lr: float) -> None:
 def build_optimizers(model: nn.Module, discriminator: nn.Module, cfg: TrainConfig):
     """(generator AdamW, discriminator AdamW) over the parameters that require grad."""
     opt_g = adamw(model.parameters(), cfg.lr, cfg.betas, cfg.weight_decay)
-    opt_d = adamw(discriminator.parameters(), cfg.disc_lr or cfg.lr, cfg.disc_betas or cfg.betas, cfg.weight_decay)
+    opt_d = adamw(discriminator.parameters(), disc_lr(cfg), cfg.disc_betas or cfg.betas, cfg.weight_decay)
     return opt_g, opt_d
