@@ -291,3 +291,14 @@ def test_two_ranks_with_different_data_stay_identical_and_never_hang(tmp_path):
     for rank, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
         assert f"rank {rank} ok" in log
+
+
+def test_nonfinite_rows_never_reach_the_ema_codebook():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, codebook_size=8, ema_decay=0.9, dead_code_threshold=0.5).train()
+    z = torch.randn(2, 4, 3, 3)
+    z[0, :, 1, 1] = float("nan")  # e.g. an fp16 overflow in one position
+    z[1, 2, 0, 0] = float("inf")
+    vq(z)
+    vq(torch.randn(2, 4, 3, 3))
+    assert torch.isfinite(vq.embedding.weight).all() and torch.isfinite(vq.ema_embed_sum).all()
