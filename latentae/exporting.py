@@ -68,8 +68,9 @@ def kl_to_diffusers(model: KLAutoencoder) -> AutoencoderKL:
 
 def kl_from_diffusers(vae: AutoencoderKL) -> KLAutoencoder:
     _check_standard_blocks(vae.config, "AutoencoderKL")
-    model = KLAutoencoder(**_init_kwargs(KLAutoencoder, vae.config))
-    model.load_state_dict(vae.state_dict(), strict=True)
+    with torch.device("meta"):  # no random init to overwrite: loading an SD-size VAE stays fast
+        model = KLAutoencoder(**_init_kwargs(KLAutoencoder, vae.config))
+    model.load_state_dict(vae.state_dict(), strict=True, assign=True)
     return model
 
 

@@ -21,7 +21,8 @@ _CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 _OURS = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
 
 
-def _model_dir(path: Path) -> Path:
+def model_dir(path: Path) -> Path:
+    """`path`, or its `vae/` / `vqvae/` folder when `path` is a whole pipeline directory."""
     if (path / "config.json").is_file():
         return path
     for sub in ("vae", "vqvae"):  # a whole pipeline directory
@@ -32,7 +33,7 @@ def _model_dir(path: Path) -> Path:
 
 
 def _load_dir(path: Path):
-    path = _model_dir(path)
+    path = model_dir(path)
     try:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:

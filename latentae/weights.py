@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from latentae.errors import LatentaeError, MissingWeightsError
 
 DOWNLOAD_TIMEOUT_S = 20  # per connect / read: fail fast on an offline node instead of hanging
@@ -57,6 +55,8 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
 
 def checkpoints_dir() -> Path:
     """Where torchvision and torch-fidelity download to: `$TORCH_HOME/hub/checkpoints`."""
+    import torch  # here, not at import: `latentae --help` stays fast
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 

@@ -24,7 +24,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 def add_arguments(p):
     p.add_argument("--data-root", default=str(DEFAULT_ROOT), help="folder holding bsds500/ (default: "
                    "../shared/data beside the checkout)")
-    p.add_argument("--images", type=int, default=8, help="photos encoded by both loops (default: 8)")
+    p.add_argument("--images", type=int, default=16, help="photos encoded by both loops (default: 16)")
     p.add_argument("--per-shard", type=int, default=4, help="photos per input shard (default: 4)")
     p.add_argument("--resolution", type=int, default=256, help="center crop side (default: 256)")
     p.add_argument("--block-out-channels", default="128,256,512,512", help="encoder widths (default: SD's "
@@ -88,7 +88,7 @@ def plain_loop(model_dir: Path, shards: str, out: Path, resolution: int) -> int:
     tf = transforms.Compose([transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
                              transforms.CenterCrop(resolution), transforms.ToTensor(),
                              transforms.Normalize([0.5], [0.5])])
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     n = 0
     for key, img in wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg"):
         with torch.no_grad():

@@ -55,10 +55,10 @@ def test_cli_export_and_errors(tmp_path, capsys):
 
 
 def test_pickled_checkpoint_is_refused_with_advice(tmp_path):
-    class Hyper:  # what a Lightning checkpoint carries beside its tensors
-        lr = 1e-4
+    import argparse
 
-    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}, "hyper_parameters": Hyper()},
+    hyper = argparse.Namespace(lr=1e-4)  # the kind of object a Lightning checkpoint carries beside its tensors
+    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}, "hyper_parameters": hyper},
                tmp_path / "lightning.ckpt")
     with pytest.raises(ModelFormatError, match="never unpickles.*safetensors"):
         latentae.load(tmp_path / "lightning.ckpt")

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", metavar="NAME", action="append", choices=list(weights.REGISTRY),
                         help=f"fetch only this file (repeatable): {', '.join(weights.REGISTRY)}")
     parser.add_argument("--dir", metavar="DIR", default=None,
-                        help=f"target directory (default: {weights.checkpoints_dir()})")
+                        help="target directory (default: torch's hub cache, $TORCH_HOME/hub/checkpoints)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -172,9 +172,9 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = 
 def write_normalization(model_dir: str | Path, stats: LatentStats, convention: str = "sd") -> dict:
     """Set the normalization keys of `convention` in the config.json of an AutoencoderKL directory (an export
     or a pipeline's vae/), leaving every other key as it is; returns the values written."""
-    from latentae.loading import _model_dir  # resolves a pipeline directory to its vae/
+    from latentae.loading import model_dir as resolve_model_dir  # a pipeline directory -> its vae/
 
-    path = _model_dir(Path(model_dir)) / "config.json"
+    path = resolve_model_dir(Path(model_dir)) / "config.json"
     config = json.loads(path.read_text())
     if config.get("_class_name") != "AutoencoderKL":
         raise LatentaeError(f"{path} describes a {config.get('_class_name')}: --write needs a diffusers "
