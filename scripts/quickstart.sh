@@ -36,7 +36,7 @@ from PIL import Image
 out = sys.argv[1]
 vae = AutoencoderKL.from_pretrained(f"{out}/run/export").eval()
 image = Image.open(f"{out}/images/val/demo-00000.png").convert("RGB").resize((64, 64), Image.BICUBIC)
-x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 with torch.no_grad():
     latents = vae.encode(x).latent_dist.mode()
     rec = vae.decode(latents).sample.clamp(-1, 1)
