@@ -39,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per run (oneDNN primitive creation, "
                    "allocator growth, torch.compile); the first one's time is reported apart")
     p.add_argument("--steps", type=int, default=5, help="timed steps per run (median and IQR over all runs)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per side, alternating plain / ours (a shared "
+    p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating plain / ours (a shared "
                    "machine's load then hits both alike)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per side (default: "
                    "all CPUs; on a busy machine 1 thread gives steadier numbers: an op's threads then never wait "
@@ -329,10 +329,10 @@ def run(args):
     if min(args.resolution, args.batch_size, args.steps, args.repeats) < 1 or args.warmup < 0:
         raise SystemExit("--resolution, --batch-size, --steps and --repeats must be >= 1, --warmup >= 0")
     print(describe_config(args))
+    print(f"{os.cpu_count()} CPUs; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ceiling = conv_speedup(args.threads)
-    print(f"bf16 / fp32 convolution speed on this CPU: {ceiling:.2f}x (bounds what mixed precision can gain)")
-    load_before = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs; load average before: {' '.join(f'{x:.2f}' for x in load_before)}", flush=True)
+    print(f"bf16 / fp32 convolution speed on this CPU: {ceiling:.2f}x (bounds what mixed precision can gain)",
+          flush=True)
     results = {side: [] for side in SIDES}
     for r in range(args.repeats):
         for side in SIDES:
@@ -340,13 +340,11 @@ def run(args):
             res = results[side][-1]
             print(f"  run {r + 1} {side:5s}: steps {' '.join(f'{x:.2f}' for x in res['times'])} s "
                   f"(first step {res['first_step_s']:.1f} s, {res['threads']} threads)", flush=True)
-    load_after = os.getloadavg()
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in load_after)}"
-          + ("  (the machine was busy: other processes shared the CPUs; repeat when idle)"
-             if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) + 0.5 else ""))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (this benchmark adds "
+          f"~{args.threads})")
 
-    summary = {}
-    print(f"\n{'side':6s} {'median s':>9s} {'IQR s':>13s} {'img/s':>7s} {'CPU s':>7s} {'first s':>8s} "
+    summary, busy = {}, 1.0
+    print(f"\n{'side':6s} {'median s':>9s} {'IQR s':>13s} {'img/s':>7s} {'CPU s':>7s} {'busy':>5s} {'first s':>8s} "
           f"{'peak RSS':>9s} {'setup RSS':>9s} {'model state':>11s}")
     for side in SIDES:
         runs = results[side]
@@ -354,12 +352,18 @@ def run(args):
         cpu = statistics.median(t for res in runs for t in res["cpu_times"])
         peak = max(res["peak_rss"] for res in runs)
         summary[side] = (med, cpu, peak)
+        busy = min(busy, cpu / (med * args.threads))
         print(f"{side:6s} {med:9.2f} {q1:6.2f}-{q3:6.2f} {args.batch_size / med:7.2f} {cpu:7.2f} "
+              f"{cpu / (med * args.threads):5.0%} "
               f"{statistics.median(res['first_step_s'] for res in runs):8.1f} {peak / MB:7.0f}MB "
               f"{max(res['rss_setup'] for res in runs) / MB:7.0f}MB {runs[0]['state_bytes'] / MB:9.0f}MB")
-    print("(median s / IQR: wall seconds per step; CPU s: process CPU seconds per step, all threads; first s: the "
-          "first warm-up step; setup RSS: after building, before step 1; model state: weights, buffers, a gradient "
-          "per trainable weight and the AdamW moments)")
+    print("(median s / IQR: wall seconds per step; CPU s: process CPU seconds per step, all threads; busy: CPU s / "
+          "(wall s x threads); first s: the first warm-up step; setup RSS: after building, before step 1; model "
+          "state: weights, buffers, a gradient per trainable weight and the AdamW moments)")
+    if busy < 0.9:
+        print(f"warning: a side kept its {args.threads} thread(s) busy only {busy:.0%} of the time: other processes "
+              "held the CPUs, so the wall times are inflated (uneven between the sides when the load changed); "
+              "repeat on an idle machine, or compare with --threads 1")
     speedup = summary["plain"][0] / summary["ours"][0]
     memory = summary["ours"][2] / summary["plain"][2]
     print(f"\nratio ours/plain: {speedup:.2f}x faster per step (wall), {summary['plain'][1] / summary['ours'][1]:.2f}x "
