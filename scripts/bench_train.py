@@ -246,7 +246,7 @@ def worker(args) -> int:
         side = (Ours if args.worker == "ours" else Plain)(cfg, image_batches(args))
         rss_setup = rss_bytes()
         times, cpu_times = [], []
-        for i in range(args.warmup + args.steps):
+        for _ in range(args.warmup + args.steps):
             t, c = time.perf_counter(), time.process_time()
             side.step()
             times.append(time.perf_counter() - t)
@@ -267,8 +267,7 @@ def spawn(args, side: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).with_name("benchmark.py")), "train", "--worker", side,
            "--preset", args.preset, "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
-           "--profile", str(args.profile),
-           "--ours", *args.ours]
+           "--profile", str(args.profile), "--ours", *args.ours]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
