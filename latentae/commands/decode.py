@@ -9,7 +9,7 @@ HELP = "decode latent / token shards back to PNG images"
 
 
 def add_arguments(p):
-    from latentae.commands.encode import positive_int
+    from latentae.cli import positive_int
     from latentae.latents.options import PRECISIONS
 
     p.add_argument("--model", required=True, help="the model that encoded the latents")

@@ -17,14 +17,9 @@ counts) at the end.
 import os
 import sys
 
+from latentae.cli import positive_int
+
 HELP = "encode a dataset into latent / token shards (resumable, multi-rank)"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
 
 
 def add_common_arguments(p):

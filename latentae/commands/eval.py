@@ -20,40 +20,28 @@ into --output, and prints the Markdown table. Runs on every process under torchr
 """
 from pathlib import Path
 
+from latentae.cli import positive_int, non_negative_int
+
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
 
 CROP = ("shorter side resized to the resolution (bicubic, antialiased when shrinking; smaller images upscaled), "
         "center square crop; the reconstruction is compared with that same crop, both rounded to 8 bits")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def add_arguments(p):
     p.add_argument("--model", required=True, help="model directory or LDM checkpoint file")
     p.add_argument("--data", required=True, help="image folder, image file, tar / shard pattern "
                    "(data-{0000..0009}.tar), glob, or a comma-separated list of these")
-    p.add_argument("--resolution", type=_positive, default=256, help="center-crop side in pixels (default: 256)")
-    p.add_argument("--batch-size", type=_positive, default=16, help="images per batch and process (default: 16)")
-    p.add_argument("--max-images", type=_positive, help="evaluate only N images (default: all): the first N in "
+    p.add_argument("--resolution", type=positive_int, default=256, help="center-crop side in pixels (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch and process (default: 16)")
+    p.add_argument("--max-images", type=positive_int, help="evaluate only N images (default: all): the first N in "
                    "one process; under P processes the first N/P of each process's share of the files")
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
                    help="comma-separated subset of psnr,ssim,lpips,rfid (default: all)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
     p.add_argument("--output", help="folder for the report files (default: eval-<model name>)")
-    p.add_argument("--grids", type=_non_negative, default=8, help="images in grid.png (0: no grid; default: 8)")
-    p.add_argument("--num-workers", type=_non_negative, default=4,
+    p.add_argument("--grids", type=non_negative_int, default=8, help="images in grid.png (0: no grid; default: 8)")
+    p.add_argument("--num-workers", type=non_negative_int, default=4,
                    help="image decoding processes per process (default: 4)")
     p.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast (metrics stay fp32)")
 

@@ -21,7 +21,7 @@ HELP = "latent-space figures: interpolation, arithmetic, prior samples, KL, code
 
 
 def add_arguments(p):
-    from latentae.commands.encode import positive_int
+    from latentae.cli import positive_int
     from latentae.inspect import SCORES
 
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)

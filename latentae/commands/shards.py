@@ -12,6 +12,8 @@ renamed when complete.
 import os
 import re
 
+from latentae.cli import positive_int
+
 HELP = "pack image folders, images and tars into webdataset shards"
 
 
@@ -23,28 +25,21 @@ def _size(text: str) -> int:
     return int(float(m.group(1)) * 1000 ** " kmgt".index(m.group(2).lower() or " "))
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
 def add_arguments(p):
     from latentae.data.config import DEFAULT_MAX_PIXELS
 
     p.add_argument("sources", nargs="+", metavar="SRC", help="image folder, image file or tar file")
     p.add_argument("--output", "-o", required=True, help="folder to write the shards to")
     p.add_argument("--prefix", default="data", help="shard file names: PREFIX-00000.tar, ... (default: data)")
-    p.add_argument("--samples-per-shard", type=_positive, default=1000, help="at most this many samples "
+    p.add_argument("--samples-per-shard", type=positive_int, default=1000, help="at most this many samples "
                    "per shard (default: 1000)")
     p.add_argument("--bytes-per-shard", type=_size, default="1G", help="start a new shard before one would "
                    "exceed this size, e.g. 500M, 2G (default: 1G)")
     p.add_argument("--shuffle", action="store_true", help="shuffle samples across shards (see --seed)")
     p.add_argument("--seed", type=int, help="shuffle seed (default: 0; needs --shuffle)")
-    p.add_argument("--max-side", type=_positive, help="re-encode images whose longer side exceeds N pixels "
+    p.add_argument("--max-side", type=positive_int, help="re-encode images whose longer side exceeds N pixels "
                    "at N (JPEGs as JPEG quality 95, others as PNG)")
-    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="skip images with more "
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="skip images with more "
                    f"pixels (decompression bombs; default: {DEFAULT_MAX_PIXELS})")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes that read and "
                    "verify images; the output does not depend on it (default: min(4, CPUs))")

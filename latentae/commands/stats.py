@@ -20,7 +20,8 @@ HELP = "latent mean/std and the scaling/shift factors for diffusers (--write: in
 
 
 def add_arguments(p):
-    from latentae.commands.encode import add_common_arguments, positive_int
+    from latentae.cli import positive_int
+    from latentae.commands.encode import add_common_arguments
     from latentae.latents.options import CONVENTIONS
 
     add_common_arguments(p)
