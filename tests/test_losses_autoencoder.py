@@ -190,7 +190,45 @@ def test_tiny_kl_model_trains_one_step_under_bf16_autocast(loss):
     opt_d.step()
     expected = {"loss/total", "loss/rec", "loss/perceptual", "loss/kl", "loss/g_adv", "adaptive_weight",
                 "kl/weight", "kl/channel_00", "kl/channel_03", "latent/active_channels", "latent/mean", "latent/std",
-                "disc/logits_fake"}
+                "disc/g_logits_fake"}
     assert expected <= set(logs) and not any(k.startswith("train/") for k in logs)
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in {**logs, **d_logs}.values())
     assert model.last_layer().grad.abs().sum() > 0
+
+
+
+@pytest.mark.parametrize("norm", ["batch", "spectral", "group"])
+def test_generator_sees_the_logits_of_the_discriminator_step(norm):
+    """The generator is judged by the D its own step trains: for a batch-norm D the fakes are normalized with
+    the statistics of cat([real, fake]) in both passes, and the generator pass leaves D's buffers alone."""
+    torch.manual_seed(0)
+    loss = AutoencoderLoss(LossConfig(perceptual_weight=0.0, kl=KLConfig(weight=0.0),
+                                      disc=DiscConfig(start=0, channels=8, norm=norm, adaptive=False)))
+    d = loss.discriminator
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-2)
+    make = torch.Generator().manual_seed(1)
+
+    def batch():  # reals bright, fakes dark: a few D steps learn to separate them
+        return torch.rand(4, 3, 32, 32, generator=make) * 0.5 + 0.5, torch.rand(4, 3, 32, 32, generator=make) - 1
+
+    for step in range(4):
+        d_total, _ = loss(*batch(), step=step, mode="discriminator")
+        opt_d.zero_grad()
+        d_total.backward()
+        opt_d.step()
+
+    seen = []
+    hook = d.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    images, rec = batch()
+    buffers = {k: v.clone() for k, v in d.state_dict().items()}
+    _, g_logs = loss(images, rec.requires_grad_(True), step=4, posterior=GaussianPosterior(torch.zeros(4, 8, 8, 8)))
+    assert all(torch.equal(v, buffers[k]) for k, v in d.state_dict().items())  # G pass: D's buffers untouched
+    _, d_logs = loss(images, rec, step=4, mode="discriminator")
+    hook.remove()
+    # Same module, batch shape and values in one process (same kernels): the same logits, bit for bit.
+    # A per-sample D (group norm) runs the fakes alone in the G pass: oneDNN may pick other kernels for
+    # the smaller batch, so there the fp32 default tolerance applies.
+    exact = dict(rtol=0, atol=0) if d.mixes_batch else {}
+    torch.testing.assert_close(seen[0][-4:], seen[1][-4:], **exact)
+    assert g_logs["disc/g_logits_fake"].item() == pytest.approx(d_logs["disc/logits_fake"].item(), abs=1e-5)
+    assert d_logs["disc/logits_fake"] < d_logs["disc/logits_real"]  # the trained D does tell them apart

@@ -93,3 +93,16 @@ def test_batchnorm_discriminator_sees_real_and_fake_in_one_forward():
     images = torch.rand(3, 3, 32, 32)
     loss(images, images.flip(0), step=0, mode="discriminator")
     assert batches == [6]
+
+
+def test_lecam_decay_is_per_optimizer_step_under_grad_accum():
+    """Two micro-batches of one optimizer step move the anchors as far as one update without accumulation."""
+    first, later = torch.tensor([2.0]), torch.tensor([-1.0])
+    plain, accumulated = LeCAMAnchors(decay=0.9), LeCAMAnchors(decay=0.9, micro_batches=2)
+    for anchors in (plain, accumulated):
+        anchors.update(first, -first)  # the first update sets the anchors
+    plain.update(later, -later)
+    accumulated.update(later, -later)
+    accumulated.update(later, -later)
+    assert accumulated.ema_real.item() == pytest.approx(plain.ema_real.item(), rel=1e-6)
+    assert accumulated.ema_fake.item() == pytest.approx(plain.ema_fake.item(), rel=1e-6)

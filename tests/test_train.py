@@ -201,7 +201,7 @@ def test_ema_export_and_tensorboard_keys(tmp_path, demo_images):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     expected = {"train/loss/total", "train/loss/rec", "train/loss/kl", "train/loss/g_adv", "train/adaptive_weight",
-                "train/disc/logits_real", "train/disc/logits_fake", "train/kl/channel_00",
+                "train/disc/logits_real", "train/disc/logits_fake", "train/disc/g_logits_fake", "train/kl/channel_00",
                 "train/latent/active_channels", "train/lr/generator", "train/lr/discriminator",
                 "train/grad_norm/generator", "train/grad_norm/discriminator", "train/img_per_s",
                 "train/data_wait_s", "train/skipped/decode_error", "val/psnr", "val/ssim"}
@@ -276,3 +276,38 @@ def test_config_errors_for_clipping_and_tuples():
         load_run_config(PRESET, ["train.grad_clip=0"])
     with pytest.raises(ConfigError, match="train.betas.*expected 2 values"):
         load_run_config(PRESET, ["train.betas=[0.9,0.95,0.99]"])
+
+
+def test_default_clipping_matches_the_recipe():
+    """The defaults are LDM's SD KL-f8 recipe, which does not clip (under reduction 'sum' a norm of 1 would clip
+    every step)."""
+    from latentae.trainer.config import TrainConfig
+
+    assert TrainConfig().grad_clip is None and TrainConfig().disc_grad_clip is None
+
+
+def test_frozen_last_layer_with_adaptive_weight_is_a_config_error(tmp_path, demo_images):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1,
+                  down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(tmp_path / "pretrained")
+    args = [o for o in tiny_run_overrides(tmp_path / "run", demo_images, f"train.init_from={tmp_path / 'pretrained'}",
+                                          "train.trainable=[encoder]", "train.max_steps=1")
+            if not o.startswith("model.")]
+    import yaml
+
+    preset = yaml.safe_load(Path(PRESET).read_text())
+    del preset["model"]
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(preset))
+    with pytest.raises(ConfigError, match=r"freezes decoder\.conv_out\.weight.*loss\.disc\.adaptive=false"):
+        Run(load_run_config(str(tmp_path / "ft.yaml"), args))
+    Run(load_run_config(str(tmp_path / "ft.yaml"), [*args, "loss.disc.adaptive=false"])).fit()  # fixed weight trains
+
+
+def test_resume_says_where_it_resumed(tmp_path, demo_images, capsys):
+    Run(config(tmp_path, demo_images, "train.max_steps=2", "train.checkpoint_every=1")).fit()
+    capsys.readouterr()
+    Run(config(tmp_path, demo_images, "train.max_steps=5", "train.resume=auto"))
+    assert "resumed from checkpoints/step-00000002 at step 2 of 5" in capsys.readouterr().out

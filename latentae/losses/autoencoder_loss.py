@@ -18,6 +18,13 @@ Distributed use: keep this module (and its LPIPS) out of `accelerator.prepare`; 
 `loss.discriminator` and hand the wrapper back with `set_prepared_discriminator`, so the discriminator update
 goes through DDP (otherwise each rank's D would train on its own gradients). The generator pass calls the
 plain module with D frozen: D gets no gradient there, so there is nothing to synchronize.
+
+The generator is judged by the discriminator the D step trains: a batch-norm D (which normalizes over the
+batch) sees `cat([images, rec])` in the generator pass too, exactly as in its own step, and the fake half's
+logits are used; without that, batch norm re-normalizes the fakes with their own statistics and the generator
+gets almost no adversarial signal. D's buffers (batch-norm running statistics, spectral-norm vectors) are left
+as they were by the generator pass, so only D's own step advances them. The generator pass logs its logits as
+`disc/g_logits_fake` (`disc/logits_fake` is the D step's).
 """
 from __future__ import annotations
 
@@ -40,15 +47,20 @@ IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
 
 @contextmanager
 def frozen(module: nn.Module):
-    """Parameters of `module` do not require grad inside the block (their previous flags come back after)."""
+    """Inside the block, parameters of `module` do not require grad and its buffers (running statistics,
+    spectral-norm vectors) are restored on exit: a forward there neither trains nor updates `module`."""
     params = list(module.parameters())
     flags = [p.requires_grad for p in params]
+    buffers = [(b, b.clone()) for b in module.buffers()]
     module.requires_grad_(False)
     try:
         yield
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+        with torch.no_grad():  # the forward's graph keeps its own copies (batch statistics, cloned vectors)
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
 
 
 class AutoencoderLoss(nn.Module):
@@ -59,7 +71,7 @@ class AutoencoderLoss(nn.Module):
     discriminator.
     """
 
-    def __init__(self, cfg: LossConfig, family: str = "kl"):
+    def __init__(self, cfg: LossConfig, family: str = "kl", micro_batches: int = 1):  # micro-batches per step
         super().__init__()
         if family not in ("kl", "vq"):
             raise ValueError(f"family must be 'kl' or 'vq', got {family!r}")
@@ -73,7 +85,7 @@ class AutoencoderLoss(nn.Module):
                            if cfg.perceptual_weight > 0 else None)
         d = cfg.disc
         self.discriminator = NLayerDiscriminator(IMAGE_CHANNELS, channels=d.channels, layers=d.layers, norm=d.norm)
-        self.lecam = LeCAMAnchors(d.lecam_decay) if d.lecam_weight > 0 else None
+        self.lecam = LeCAMAnchors(d.lecam_decay, micro_batches) if d.lecam_weight > 0 else None
         self.__dict__["_prepared_discriminator"] = None  # not a submodule: state-dict keys stay the plain D's
 
     def set_prepared_discriminator(self, wrapped: nn.Module) -> None:
@@ -124,15 +136,22 @@ class AutoencoderLoss(nn.Module):
 
         if self.generator_adversarial_active(step):
             with frozen(self.discriminator):  # D's .grad stays empty; gradients still reach `rec`
-                logits_fake = self.discriminator(rec).float()
+                logits_fake = self._logits_as_in_disc_step(images, rec)
             g_adv = generator_loss(cfg.disc.loss, logits_fake)
             weight = self._adversarial_weight(reconstruction, g_adv, last_layer)
             total = total + weight * g_adv
             logs["loss/g_adv"] = g_adv.detach()
             logs["adaptive_weight"] = weight
-            logs["disc/logits_fake"] = logits_fake.detach().mean()
+            logs["disc/g_logits_fake"] = logits_fake.detach().mean()
         logs["loss/total"] = total.detach()
         return total, logs
+
+    def _logits_as_in_disc_step(self, images: Tensor, rec: Tensor) -> Tensor:
+        """D's logits for `rec`, from the batch composition of D's own step when D normalizes over the batch."""
+        if not self.discriminator.mixes_batch:  # per-sample D: the fakes alone give the same logits, at half cost
+            return self.discriminator(rec).float()
+        logits = self.discriminator(torch.cat([images.detach(), rec])).float()
+        return logits[images.shape[0]:]
 
     def _bottleneck(self, step, posterior, quant, logs) -> Tensor:
         """KL term (KL family) or the quantizer's losses (VQ family), with their diagnostics."""

@@ -58,7 +58,7 @@ class DiscConfig:
     channels: int = 64  # channels of the first layer (doubling per layer, at most 8x)
     norm: Literal["group", "batch", "none", "spectral"] = "batch"  # LDM: batch; run on cat([real, fake]) once
     lecam_weight: float = 0.0  # LeCAM regularization (Tseng et al. 2021); 0 = off
-    lecam_decay: float = 0.99  # EMA decay of the mean real / fake logits LeCAM anchors to
+    lecam_decay: float = 0.99  # EMA decay per optimizer step of the mean real / fake logits LeCAM anchors to
     r1_weight: float = 0.0  # R1 gamma: adds gamma/2 * E|grad_x D(x)|^2 on real images; 0 = off
 
     def __post_init__(self):

@@ -49,6 +49,7 @@ class NLayerDiscriminator(nn.Module):
             blocks += [conv, _norm(norm, width), nn.LeakyReLU(0.2)]
         blocks.append(convs[-1])
         self.main = nn.Sequential(*blocks)
+        self.mixes_batch = norm == "batch"  # a sample's logits depend on the rest of its batch (train mode)
 
     @staticmethod
     def _init(convs: list[nn.Conv2d]) -> None:

@@ -45,12 +45,14 @@ class LeCAMAnchors(nn.Module):
     """EMAs of the mean real and fake logits that LeCAM anchors to (buffers: checkpointed with the loss).
 
     The batch means are averaged over ranks (every rank calls `update` in each discriminator step), so all
-    ranks hold the same anchors. The first update sets the EMAs to the batch means.
+    ranks hold the same anchors. The first update sets the EMAs to the batch means. `decay` is per optimizer
+    step: with `micro_batches` updates per step (gradient accumulation) each applies decay ** (1 / micro_batches),
+    so the anchors' memory in steps does not depend on grad_accum.
     """
 
-    def __init__(self, decay: float = 0.99):
+    def __init__(self, decay: float = 0.99, micro_batches: int = 1):
         super().__init__()
-        self.decay = decay
+        self.decay = decay ** (1.0 / micro_batches)
         self.register_buffer("ema_real", torch.zeros(()))
         self.register_buffer("ema_fake", torch.zeros(()))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))

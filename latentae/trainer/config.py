@@ -23,8 +23,10 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0, then the schedule below
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.0  # cosine: final lr = lr x min_lr_ratio
-    grad_clip: float | None = 1.0  # max global grad norm of the generator (> 0; None: no clipping)
-    disc_grad_clip: float | None = 1.0
+    # max global grad norm of the generator / discriminator (> 0; None: no clipping). The default recipe (LDM's
+    # SD KL-f8, see losses/config.py) does not clip: under reduction 'sum' norms are far above 1 every step.
+    grad_clip: float | None = None
+    disc_grad_clip: float | None = None
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; weights stay fp32 (fp16 adds loss scaling)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False

@@ -103,7 +103,9 @@ class Run:
         self.accelerator = acc = make_accelerator(cfg)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every run of this config
         self.model = make_model(cfg)
-        self.loss = AutoencoderLoss(cfg.loss, family=self.model.family).to(acc.device)
+        check_adaptive_weight(self.model, cfg)
+        self.loss = AutoencoderLoss(cfg.loss, family=self.model.family,
+                                    micro_batches=cfg.train.grad_accum).to(acc.device)
         self.ema = make_ema(self.model, cfg)
         self.quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
         self.state = TrainState()
@@ -126,6 +128,9 @@ class Run:
             acc.load_state(str(self.resumed_from))
             if self.ema is not None:
                 self.ema.to(acc.device)  # accelerate loads custom states on the CPU
+            shown = self.resumed_from.relative_to(self.out) if self.resumed_from.is_relative_to(self.out) \
+                else self.resumed_from
+            acc.print(f"resumed from {shown} at step {self.state.step} of {cfg.train.max_steps}")
         save_config(cfg, acc)
         acc.init_trackers("tensorboard")
 
@@ -288,6 +293,16 @@ class Run:
                              "samples_skipped": self.state.samples_skipped, "nan_skipped": self.state.nan_skipped})
         self.accelerator.wait_for_everyone()
         return target
+
+
+def check_adaptive_weight(model, cfg: RunConfig) -> None:
+    """The adaptive GAN weight differentiates at the decoder's last layer: it must be trainable."""
+    d = cfg.loss.disc
+    if d.weight > 0 and d.adaptive and not model.last_layer().requires_grad:
+        name = next(n for n, p in model.named_parameters() if p is model.last_layer())
+        raise ConfigError(f"config key 'train.trainable' freezes {name}, where loss.disc.adaptive takes the "
+                          f"gradients it balances: add it to train.trainable, or set loss.disc.adaptive=false "
+                          f"(a fixed adversarial weight loss.disc.weight={d.weight}), or loss.disc.weight=0 (no GAN)")
 
 
 def check_finetune_config(raw: dict) -> None:
