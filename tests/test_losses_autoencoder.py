@@ -216,12 +216,16 @@ def test_generator_sees_the_logits_of_the_discriminator_step(norm):
         opt_d.zero_grad()
         d_total.backward()
         opt_d.step()
+    opt_d.zero_grad(set_to_none=True)
 
     seen = []
     hook = d.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
     images, rec = batch()
     buffers = {k: v.clone() for k, v in d.state_dict().items()}
-    _, g_logs = loss(images, rec.requires_grad_(True), step=4, posterior=GaussianPosterior(torch.zeros(4, 8, 8, 8)))
+    g_total, g_logs = loss(images, rec.requires_grad_(True), step=4,
+                           posterior=GaussianPosterior(torch.zeros(4, 8, 8, 8)))
+    g_total.backward()
+    assert rec.grad.abs().sum() > 0 and all(p.grad is None for p in d.parameters())
     assert all(torch.equal(v, buffers[k]) for k, v in d.state_dict().items())  # G pass: D's buffers untouched
     _, d_logs = loss(images, rec, step=4, mode="discriminator")
     hook.remove()

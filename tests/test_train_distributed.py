@@ -14,10 +14,14 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow
-def test_two_process_training(tmp_path, demo_images):
+# batch: the G pass's cat([real, fake]) on copies of D's buffers must backprop under DDP (whose forward
+# re-broadcasts the buffers). Per-rank running statistics may differ: D always runs in train mode, unused.
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_two_process_training(tmp_path, demo_images, norm):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(HERE / "dist_train_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path)]
+           str(HERE / "dist_train_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path),
+           f"loss.disc.norm={norm}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

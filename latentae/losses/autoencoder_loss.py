@@ -47,20 +47,22 @@ IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
 
 @contextmanager
 def frozen(module: nn.Module):
-    """Inside the block, parameters of `module` do not require grad and its buffers (running statistics,
-    spectral-norm vectors) are restored on exit: a forward there neither trains nor updates `module`."""
+    """Parameters of `module` do not require grad inside the block (their previous flags come back after)."""
     params = list(module.parameters())
     flags = [p.requires_grad for p in params]
-    buffers = [(b, b.clone()) for b in module.buffers()]
     module.requires_grad_(False)
     try:
         yield
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-        with torch.no_grad():  # the forward's graph keeps its own copies (batch statistics, cloned vectors)
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+
+
+def without_buffer_updates(module: nn.Module, x: Tensor) -> Tensor:
+    """module(x) on copies of its buffers: running statistics and spectral-norm vectors stay as they were.
+    (Restoring them in place instead would break the backward, which saved the versions the forward saw.)"""
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    return torch.func.functional_call(module, buffers, (x,))
 
 
 class AutoencoderLoss(nn.Module):
@@ -149,8 +151,8 @@ class AutoencoderLoss(nn.Module):
     def _logits_as_in_disc_step(self, images: Tensor, rec: Tensor) -> Tensor:
         """D's logits for `rec`, from the batch composition of D's own step when D normalizes over the batch."""
         if not self.discriminator.mixes_batch:  # per-sample D: the fakes alone give the same logits, at half cost
-            return self.discriminator(rec).float()
-        logits = self.discriminator(torch.cat([images.detach(), rec])).float()
+            return without_buffer_updates(self.discriminator, rec).float()
+        logits = without_buffer_updates(self.discriminator, torch.cat([images.detach(), rec])).float()
         return logits[images.shape[0]:]
 
     def _bottleneck(self, step, posterior, quant, logs) -> Tensor:
