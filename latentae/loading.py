@@ -32,6 +32,12 @@ def model_dir(path: Path) -> Path:
                            "diffusers AutoencoderKL/VQModel directory, or an LDM .ckpt/.safetensors file)")
 
 
+def _is_diffusers_autoencoder(class_name: str) -> bool:
+    import diffusers.models.autoencoders
+
+    return class_name[:1].isupper() and hasattr(diffusers.models.autoencoders, class_name)
+
+
 def _load_dir(path: Path):
     path = model_dir(path)
     try:
@@ -40,8 +46,13 @@ def _load_dir(path: Path):
         raise ModelFormatError(f"{path / 'config.json'} is not valid JSON: {e}") from None
     name = config.get("_class_name")
     if name not in ("AutoencoderKL", "VQModel", *_OURS):
-        raise ModelFormatError(f"{path} holds a {name or 'model without _class_name'}, not an autoencoder "
-                               "(expected AutoencoderKL, VQModel or a latentae export)")
+        supported = (f"latentae.load opens diffusers AutoencoderKL and VQModel (standard VAE blocks), latentae "
+                     f"exports ({', '.join(_OURS)}) and LDM/taming .ckpt/.safetensors files")
+        if isinstance(name, str) and _is_diffusers_autoencoder(name):
+            raise ModelFormatError(f"{path} holds a diffusers {name}, an autoencoder latentae does not support: "
+                                   f"{supported}")
+        raise ModelFormatError(f"{path} holds a {name or 'model without _class_name'}, not an autoencoder: "
+                               f"{supported}")
     if not any((path / f).is_file() for f in _WEIGHT_FILES):
         raise ModelFormatError(f"{path} has config.json but no weights: put {_WEIGHT_FILES[0]} beside it")
     if name in _OURS:

@@ -2,10 +2,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Tests compare fp32 results: oneDNN reads this when torch loads, and BF16 / TF32 here would make fp32 convolutions
+# (on CPUs with AMX) round like bf16, far beyond every tolerance below.
+os.environ.pop("ONEDNN_DEFAULT_FPMATH_MODE", None)
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every Hub lookup would otherwise retry for ~25 s
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# `precision: auto` (the commands' and train.mixed_precision's default) resolves to fp32 without measuring, so no
+# result depends on the machine's bf16 speed (subprocesses inherit it; tests/test_precision.py lifts it)
+os.environ["LATENTAE_AUTO_PRECISION"] = "fp32"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -34,7 +41,8 @@ def tiny_run_overrides(output_dir, data, *extra) -> list[str]:
     return [f"output_dir={output_dir}", f"data.train={data}", "data.resolution=32", "data.num_workers=0",
             "data.shuffle_buffer=8", "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
             "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=2", "train.batch_size=4",
-            "train.log_every=1", "train.image_every=0", "eval.every=0", *extra]
+            "train.log_every=1", "train.image_every=0", "eval.every=0",
+            "train.mixed_precision=fp32", *extra]  # tests compare numbers: never the machine-dependent auto
 
 
 def free_port() -> int:
@@ -60,3 +68,28 @@ def offline_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(weights, "_download", no_network)
     return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+# fp32 results of one computation run with other kernels: oneDNN, MKL and ATen choose kernels (blocking, vector width,
+# summation order) per batch size, thread count, memory format and CPU, so the same network on the same image rounds
+# differently in a batch of 1 and of 4, on 1 and 2 threads, on AMD Zen 4 and on Intel Xeon. A sum of K terms added in
+# another order differs by ~sqrt(K) fp32 roundoffs (6e-8) of its scale: 1.4e-6 for the longest sums of the tiny test
+# models (K = 64 channels x 3 x 3), so each layer may add 2e-6 of the values' largest magnitude. Measured: at most
+# 3e-7 per layer (batches of 1 to 7, 1 to 3 threads, AVX2 / AVX-512 oneDNN, ATen and MKL kernels). A wrong op, weight
+# or noise draw is off by ~1e-1 of that magnitude: 3 orders above the bound of a 40-layer model.
+KERNEL_RTOL_PER_LAYER = 2e-6
+
+
+def weight_layers(*modules: torch.nn.Module) -> int:
+    """Convolutions and linear layers in `modules`: a bound on how often a value is re-rounded on its way through
+    (parallel branches, such as attention's q, k and v, each count)."""
+    return sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for module in modules for m in module.modules())
+
+
+def assert_close_across_kernels(actual, expected, *, layers: int, scale: float | None = None) -> None:
+    """fp32 `actual` equals `expected` up to kernel choice: |difference| <= layers x 2e-6 x scale, scale by default
+    max|expected| (pass the values' own for a mean of them). For results computed in another batch, process, memory
+    format or op order; bit-identical computations compare exactly."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    tolerance = layers * KERNEL_RTOL_PER_LAYER * (expected.abs().max().item() if scale is None else scale)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tolerance)

@@ -28,6 +28,8 @@ def flat(module) -> torch.Tensor:
 
 
 def same_on_all_ranks(t: torch.Tensor) -> bool:
+    # exact: gloo reduces each gradient chunk once and sends every rank the same bits, and every rank applies the
+    # same update to the same weights
     gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, t)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])

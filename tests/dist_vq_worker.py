@@ -3,7 +3,8 @@
 Usage: python dist_vq_worker.py RANK WORLD_SIZE INIT_FILE
 
 Ranks get different data (different batch sizes; rank 1's data sits in one spot, so locally most codes are dead
-there while rank 0 spreads over the codebook) and train EMA / dead-code / k-means quantizers for several steps.
+there while rank 0 spreads over the codebook) and train EMA / dead-code / k-means quantizers for several steps,
+some of two micro-batches (gradient accumulation: codebook updates and their collectives on the last only).
 Rank 1 also runs eval forwards the other rank does not: a collective there would hang or mismatch. After every
 step, every parameter and buffer must be identical on both ranks. Exits non-zero (with a message) otherwise.
 """
@@ -50,8 +51,10 @@ def main(rank: int, world_size: int, init_file: str) -> None:
     }
     torch.manual_seed(100 + rank)  # different data and different local random draws on each rank
     restarts = 0
-    for step in range(5):
+    micro_batches = [(0, True), (1, False), (1, True), (2, True), (3, False), (3, True), (4, True)]
+    for step, last_micro_batch in micro_batches:
         for name, model in models.items():
+            model.set_step(step, last_micro_batch=last_micro_batch)
             if rank == 0:
                 z = 3 * torch.randn(2, 4, 4, 4)
             else:

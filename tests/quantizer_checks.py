@@ -7,7 +7,7 @@ def check_low_precision(q, z_channels: int):
     torch.manual_seed(5)
     q = q.eval()
     z = torch.randn(1, z_channels, 4, 4).bfloat16()
-    ref = q(z.float())  # fp32 on the same values
+    ref = q(z.float())  # fp32 on the same values: the same ops and shapes in one process, so equal bit for bit
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = q(z)
     assert out.quantized.dtype == torch.bfloat16 and torch.equal(out.indices, ref.indices)

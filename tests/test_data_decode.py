@@ -62,7 +62,7 @@ CASES = {
     "webp-alpha": lambda: encode(Image.new("RGBA", (12, 10), (0, 0, 0, 0)), "WEBP", lossless=True),
     "gif": lambda: encode(palette_image(True), "GIF"),
     "bmp": lambda: encode(rgb_noise(), "BMP"),
-    "tiff-float": lambda: encode(Image.fromarray(np.full((10, 12), 300.0, np.float32)), "TIFF"),
+    "tiff-float": lambda: encode(Image.fromarray(np.full((10, 12), 0.5, np.float32)), "TIFF"),
     "jpeg": lambda: encode(rgb_noise(), "JPEG"),
 }
 
@@ -91,7 +91,35 @@ def test_mode_conversions_give_the_expected_colours():
     assert pixel("gif") == ALPHA_BACKGROUND
     r, g, b = pixel("rgba")  # half-transparent green over white
     assert abs(r - (10 + 255) / 2) <= 1 and abs(g - (200 + 255) / 2) <= 1 and abs(b - (30 + 255) / 2) <= 1
-    assert pixel("tiff-float") == (255, 255, 255)  # Pillow's own F -> L clipping
+    assert pixel("tiff-float") == (128, 128, 128)  # float in [0, 1]: 0.5 * 255 = 127.5
+
+
+def float_tiff(arr) -> bytes:
+    return encode(Image.fromarray(np.asarray(arr, np.float32).reshape(2, -1)), "TIFF")
+
+
+def pgm16(value: int) -> bytes:
+    return b"P5 4 2 65535\n" + np.full((2, 4), value, ">u2").tobytes()
+
+
+HIGH_DEPTH = {  # name: (bytes, mode Pillow opens it as, expected 8-bit values)
+    "float-unit": (float_tiff([0, 0.25, 0.5, 1, 0.2, 0.6, 0.999, 0.001]), "F", [0, 64, 128, 255, 51, 153, 255, 0]),
+    "float-unit-clipped": (float_tiff([-0.5, np.nan, 0.5, 1, 0, 0, 0, 0]), "F", [0, 0, 128, 255, 0, 0, 0, 0]),
+    "float-8bit": (float_tiff([0, 77, 254.6, 255, 2, 1, 0, 0]), "F", [0, 77, 255, 255, 2, 1, 0, 0]),
+    "float-16bit": (float_tiff([0, 40000, 65535, 70000, 256, 0, 0, 0]), "F", [0, 156, 255, 255, 1, 0, 0, 0]),
+    "int16-tiff": (encode(Image.fromarray(np.array([[0, 40000, 65535, 257]] * 2, np.uint16)), "TIFF"), "I;16",
+                   [0, 156, 255, 1] * 2),
+    "int16-pgm": (pgm16(40000), "I", [156] * 8),  # Pillow opens 16-bit PGM as 32-bit "I"
+}
+
+
+@pytest.mark.parametrize("name", sorted(HIGH_DEPTH))
+def test_float_and_16_bit_grayscale_scale_by_their_range(name):
+    data, mode, expected = HIGH_DEPTH[name]
+    assert Image.open(io.BytesIO(data)).mode == mode  # the mode under test really is what Pillow reads
+    rgb = np.asarray(decode_image(data, max_pixels=MAX))
+    assert rgb.shape[:2] == (2, 4) and (rgb == rgb[..., :1]).all()
+    assert rgb[..., 0].reshape(-1).tolist() == expected
 
 
 def test_exif_orientation_is_applied():

@@ -1,9 +1,12 @@
 """Readers: exactly-once evaluation across ranks and workers, bad samples counted, resumable training."""
 import io
+import itertools
 import json
+import random
 import struct
 import tarfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from webdataset import TarWriter
 
 from latentae.data import (DataConfig, SkipCounter, eval_loader, expand_sources, expand_urls, read_shard,
                            train_loader)
+from latentae.data.sources import expand_source_groups, tar_index
 from latentae.data.transforms import to_tensor
 from latentae.errors import LatentaeError
 
@@ -224,6 +228,10 @@ def test_expand_urls_forms(tmp_path):
         str(tmp_path / "f" / "deep" / "b.png")]
     assert expand_urls(str(s / "*.tar")) == expand_urls(pattern)
     assert [src.key for src in expand_sources(str(tmp_path / "f"))] == ["a", "deep/b"]
+    write_tar(tmp_path / "f" / "t.tar", [{"__key__": "x", "png": png()}])  # a folder's tars and images: 2 groups
+    groups = expand_source_groups(f"{pattern},{tmp_path / 'f'}")
+    assert [[Path(src.url).name for src in g] for g in groups] == [
+        [f"part-0000{i}.tar" for i in range(3)], ["t.tar"], ["a.jpg", "b.png"]]
     assert expand_urls("pipe:curl -s http://x/{0..1}.tar") == ["pipe:curl -s http://x/0.tar",
                                                                "pipe:curl -s http://x/1.tar"]
     for bad in (str(tmp_path / "missing.tar"), str(tmp_path / "f" / "readme.md"), str(s / "*.zip")):
@@ -248,3 +256,53 @@ def test_fast_jpeg_changes_training_decodes_only(tmp_path):
     (fast_train, fast_eval), (full_train, full_eval) = images(True), images(False)
     assert not torch.equal(fast_train, full_train)  # decoded at a reduced DCT scale
     assert torch.equal(fast_eval, full_eval)  # evaluation always decodes fully
+
+
+def _draw_rates(spec: str, world_size: int, per_rank: int) -> tuple[dict[str, float], list[set[str]]]:
+    """Raw samples drawn by each of `world_size` simulated ranks (`per_rank` each: ranks yield equally many per
+    step), through the real rank split and source choice: (draws per sample of each shard, shards per rank),
+    shards named "folder/file"."""
+    from latentae.data.reader import _Switch
+
+    def name(url: str) -> str:
+        return f"{Path(url).parent.name}/{Path(url).name}"
+
+    cfg = DataConfig(train=spec, resolution=8, num_workers=0)
+    counts: dict[str, int] = {}
+    read_by = []
+    for rank in range(world_size):
+        stream = train_loader(cfg, batch_size=1, seed=0, rank=rank, world_size=world_size).dataset
+        raw = stream._raw(random.Random(f"rates/{rank}"), _Switch(SkipCounter()))
+        urls = [name(s["__url__"]) for s in itertools.islice(raw, per_rank)]
+        read_by.append(set(urls))
+        for u in urls:
+            counts[u] = counts.get(u, 0) + 1
+    sizes = {name(s.url): len(tar_index(s.url)[0]) for s in expand_sources(spec)}
+    return {u: counts.get(u, 0) / size for u, size in sizes.items()}, read_by
+
+
+def test_rank_split_keeps_every_sample_at_the_same_rate(tmp_path):
+    # Every tolerance below: the counts are sums of binomial shard picks (seeded Python RNG: the same on every
+    # machine); 10% of the expected count is over 4 of their standard deviations, the re-weighting guarded
+    # against is 50%.
+    # 9 shards of 2 samples on 8 ranks (a plain split drew rank 0's two at half the others' rate): each rank
+    # owns one, the ninth is shared. ~2250 picks per rank: own shard p = 8/9, shared p = 1/9, so 2000 draws per
+    # sample, sd sqrt(8 * 2250 * 1/9 * 8/9) = 42 for the shared shard, sqrt(2250 * 8/9 * 1/9) = 15 for the others.
+    pattern, _ = make_shards(tmp_path / "nine", n_shards=9, per_shard=2, w=4, h=4)
+    rates, read_by = _draw_rates(pattern, world_size=8, per_rank=4500)
+    assert all(abs(r - 2000) < 200 for r in rates.values()), rates
+    assert read_by == [{f"nine/part-{r:05d}.tar", "nine/part-00008.tar"} for r in range(8)]
+
+    # 8 shards on 8 ranks: each rank reads its own shard only.
+    pattern, _ = make_shards(tmp_path / "eight", n_shards=8, per_shard=2, w=4, h=4)
+    _, read_by = _draw_rates(pattern, world_size=8, per_rank=50)
+    assert read_by == [{f"eight/part-{r:05d}.tar"} for r in range(8)]
+
+    # A-{0..7}.tar (2 samples each), B-{0..1}.tar (3 each) on 8 ranks: each rank owns one A shard (p = 0.8),
+    # both B shards are shared (p = 0.1 each); 2.2 samples per pick, 2000 picks per rank, so 1600 draws per
+    # sample, sd sqrt(2000 * 0.8 * 0.2) = 18 for A, sqrt(8 * 2000 * 0.1 * 0.9) = 38 for B.
+    a, _ = make_shards(tmp_path / "A", n_shards=8, per_shard=2, w=4, h=4)
+    b, _ = make_shards(tmp_path / "B", n_shards=2, per_shard=3, w=4, h=4)
+    rates, read_by = _draw_rates(f"{a},{b}", world_size=8, per_rank=4400)
+    assert all(abs(r - 1600) < 160 for r in rates.values()), rates
+    assert read_by == [{f"A/part-{r:05d}.tar", "B/part-00000.tar", "B/part-00001.tar"} for r in range(8)]

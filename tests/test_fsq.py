@@ -8,6 +8,8 @@ from quantizer_checks import check_low_precision
 from latentae.config import ConfigError
 from latentae.quantizers.fsq import FSQ
 
+GAUSSIAN_LEVELS = (2, 3, 4, 5, 8)  # both parities, L = 2 included
+
 
 def _per_channel_representatives(fsq: FSQ) -> list[list[float]]:
     """For each channel, one input value per distinct level reached over a dense grid (other channels 0)."""
@@ -39,7 +41,7 @@ def test_every_code_reachable_and_in_range(levels):
     assert out.stats["perplexity"] == pytest.approx(fsq.codebook_size, rel=1e-4)
 
 
-@pytest.mark.parametrize("dim,levels", [(4, (8, 5, 5, 5)), (6, (8, 5, 5, 5)), (3, (2, 3))])
+@pytest.mark.parametrize("dim,levels", [(4, (8, 5, 5, 5)), (6, (8, 5, 5, 5)), (3, (2, 3)), (5, GAUSSIAN_LEVELS)])
 def test_indices_to_codes_reproduces_quantized_deterministically(dim, levels):
     torch.manual_seed(0)
     fsq = FSQ(dim, levels=levels).eval()
@@ -51,9 +53,60 @@ def test_indices_to_codes_reproduces_quantized_deterministically(dim, levels):
     assert torch.equal(fsq.indices_to_codes(out.indices), decoded)
 
 
-def test_zero_maps_to_zero_code_without_projection():
-    fsq = FSQ(4, levels=(8, 5, 5, 5))
+def test_zero_maps_to_zero_code_for_odd_levels_without_projection():
+    fsq = FSQ(4, levels=(7, 5, 5, 3))
     assert torch.equal(fsq(torch.zeros(1, 4, 1, 1)).quantized, torch.zeros(1, 4, 1, 1))
+
+
+def _digits(fsq: FSQ, indices: torch.Tensor) -> torch.Tensor:
+    """[N, len(levels)] level index per channel (0 .. L - 1) of flat indices."""
+    return (indices.reshape(-1, 1) // fsq.basis) % fsq.levels_t
+
+
+def test_levels_mirror_about_zero_and_gaussian_inputs_use_every_level():
+    fsq = FSQ(len(GAUSSIAN_LEVELS), levels=GAUSSIAN_LEVELS).eval()
+    z = torch.randn(1, len(GAUSSIAN_LEVELS), 20_000, 1, generator=torch.Generator().manual_seed(0))
+    z = z[..., (z.abs() > 1e-6).all(1)[0, :, 0], :]  # off z = 0, the even levels' middle decision boundary
+    out, mirrored = fsq(z), fsq(-z)
+    digits, mirrored_digits = _digits(fsq, out.indices), _digits(fsq, mirrored.indices)
+    # Exactly symmetric boundaries: -z lands on the mirror level of z, for odd and even L alike.
+    assert torch.equal(mirrored_digits, fsq.levels_t - 1 - digits)
+    assert torch.equal(mirrored.quantized, -out.quantized)
+    for c, level_count in enumerate(GAUSSIAN_LEVELS):
+        occupancy = torch.bincount(digits[:, c], minlength=level_count).float() / digits.shape[0]
+        # The smallest N(0, 1) mass of any level here is 10% (L = 8's outer levels); the sampling sd of an
+        # occupancy is <= 0.4%. The asymmetric bound put 0.02% on one of L = 2's levels.
+        assert occupancy.min() > 0.05, (level_count, occupancy)
+        codes = out.quantized[0, c].unique()
+        assert torch.allclose(codes, torch.linspace(-1, 1, level_count)), codes  # evenly spaced, +-1 at the ends
+
+
+def test_level_two_splits_at_zero_with_full_gradient():
+    fsq = FSQ(1, levels=(2,)).train()
+    z = torch.tensor([-3.0, -1e-3, 1e-3, 3.0]).reshape(1, 1, 4, 1).requires_grad_()
+    out = fsq(z)
+    assert out.indices.flatten().tolist() == [0, 0, 1, 1]
+    assert out.quantized.flatten().tolist() == [-1.0, -1.0, 1.0, 1.0]
+    out.quantized.sum().backward()
+    assert z.grad.flatten()[1:3].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)  # tanh'(0) = 1, not 0.002
+
+
+def test_export_round_trip_with_every_level_parity(tmp_path):
+    import latentae
+    from latentae.exporting import export
+    from latentae.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="vq", block_out_channels=[16, 32], layers_per_block=1,
+                                    norm_num_groups=8, latent_channels=8, sample_size=32,
+                                    quantizer={"kind": "fsq", "levels": list(GAUSSIAN_LEVELS)})).eval()
+    export(model, tmp_path)
+    again = latentae.load(tmp_path)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        tokens = model.tokenize(x)
+        assert torch.equal(again.tokenize(x), tokens)
+        assert torch.equal(again.detokenize(tokens), model.detokenize(tokens))
 
 
 @pytest.mark.parametrize("dim", [4, 6])

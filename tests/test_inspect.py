@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import assert_close_across_kernels, weight_layers
 from test_encode import RES, image_bytes, tiny_kl
 
 from latentae.cli import main
@@ -10,6 +11,7 @@ from latentae.data import load_image
 from latentae.exporting import export
 from latentae.inspect import (anomaly_scores, bar_chart, code_counts, interpolate, kl_per_channel, lerp,
                               prior_samples, slerp)
+from latentae.inspect.diagnostics import batches
 from latentae.models import VQTokenizer
 
 
@@ -69,19 +71,21 @@ def test_interpolation_paths(setup):
     model = setup["kl"]
     images = [load_image(str(setup["folder"] / f"img{i}.png"), RES) for i in (0, 1)]
     paths = interpolate(model, *images, steps=3)
-    with torch.no_grad():
+    decoder = weight_layers(model.post_quant_conv, model.decoder)
+    with torch.no_grad():  # the same encode batch; decoded 3 at a time there (other kernels), lerp in another op order
         za, zb = model.encode(torch.stack(images))
-        torch.testing.assert_close(paths["linear"][1], model.decode(((za + zb) / 2)[None])[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(paths["spherical"][0], model.decode(za[None])[0], atol=1e-5, rtol=1e-4)
+        assert_close_across_kernels(paths["linear"][1], model.decode(((za + zb) / 2)[None])[0], layers=decoder)
+        assert_close_across_kernels(paths["spherical"][0], model.decode(za[None])[0], layers=decoder)
 
 
 def test_prior_samples_follow_the_normalization(setup):
     model = tiny_kl(seed=2)
     model.register_to_config(scaling_factor=0.5, shift_factor=0.25)
-    plain = prior_samples(model, 2, seed=3)
-    normalized = prior_samples(model, 2, seed=3, normalized=True)
+    model.register_to_config(sample_size=4 * RES)  # a tiling hint: must not set the samples' size
+    plain = prior_samples(model, 2, resolution=RES, seed=3)
+    normalized = prior_samples(model, 2, resolution=RES, seed=3, normalized=True)
     z = torch.randn(2, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
+    with torch.no_grad():  # the same batch and kernels: equal up to the order of the scaling ops (fp32 default)
         torch.testing.assert_close(torch.stack(plain), model.decode(z))
         torch.testing.assert_close(torch.stack(normalized), model.decode(z / 0.5 + 0.25))
 
@@ -92,9 +96,12 @@ def test_kl_and_codebook_numbers(setup):
     kl, n = kl_per_channel(setup["kl"], folder, resolution=RES, batch_size=4)
     with torch.no_grad():
         expected = setup["kl"].posterior(images).kl_per_channel().mean(0)
-        tokens = setup["vq"].tokenize(images)
-    assert n == 6
-    torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-5)
+        # the tool's own batches (4 + 2 images): other batch sizes run other kernels, and one of these latents lies
+        # only 1.9e-5 nearer its code than the next, ~5x what other kernels move it: the same kernels count exactly
+        tokens = torch.cat([setup["vq"].tokenize(b["image"]) for b in batches(folder, resolution=RES, batch_size=4)])
+    assert n == 6 and len(tokens) == 6
+    # batches of 4 + 2 there, all 6 here: other oneDNN kernels
+    assert_close_across_kernels(kl, expected, layers=weight_layers(setup["kl"].encoder, setup["kl"].quant_conv))
     counts = code_counts(setup["vq"], folder, resolution=RES, batch_size=4)
     assert torch.equal(counts, torch.bincount(tokens.flatten(), minlength=64))
 
@@ -113,7 +120,7 @@ def test_anomaly_ranking_is_the_hand_computed_score(setup):
                 posterior = model.posterior(x)
                 sq = (model.decode(posterior.mean) - x).pow(2)
             hand = 0.5 * sq.sum().item() + posterior.kl().item() if score == "elbo" else sq.mean().item()
-            assert r.score == pytest.approx(hand, rel=1e-4)
+            assert r.score == pytest.approx(hand, rel=1e-4)  # batch 4 vs 1 (other kernels): measured <= 5e-7 relative
 
 
 def test_bar_chart_draws_every_bar():

@@ -2,8 +2,9 @@ import math
 
 import pytest
 import torch
-from quantizer_checks import check_low_precision
 import torch.nn.functional as F
+from gloo_ranks import run_gloo_ranks
+from quantizer_checks import check_low_precision
 
 from latentae.config import ConfigError
 from latentae.quantizers.lfq import LFQ
@@ -142,3 +143,9 @@ def test_bad_shapes_raise():
         lfq(torch.randn(4, 2, 2))
     with pytest.raises(ValueError, match=r"\[B, H, W\]"):
         lfq.indices_to_codes(torch.zeros(1, 2, 3, 4, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_codebook_entropy_over_two_ranks_equals_the_union_batch(tmp_path):
+    """2 gloo ranks with different batches, one of them empty (see dist_lfq_worker.py)."""
+    run_gloo_ranks("dist_lfq_worker.py", tmp_path)

@@ -62,3 +62,16 @@ def test_pickled_checkpoint_is_refused_with_advice(tmp_path):
                tmp_path / "lightning.ckpt")
     with pytest.raises(ModelFormatError, match="never unpickles.*safetensors"):
         latentae.load(tmp_path / "lightning.ckpt")
+
+
+def test_unsupported_diffusers_autoencoder_is_named_with_what_is_supported(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+                    num_decoder_blocks=(1, 1), latent_channels=4).save_pretrained(tmp_path)
+    with pytest.raises(ModelFormatError) as err:
+        latentae.load(tmp_path)
+    message = str(err.value)
+    assert "holds a diffusers AutoencoderTiny, an autoencoder latentae does not support" in message
+    assert "not an autoencoder" not in message
+    assert all(name in message for name in ("AutoencoderKL", "VQModel", "KLAutoencoder", "VQTokenizer", ".ckpt"))

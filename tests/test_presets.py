@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_run_overrides
+from conftest import assert_close_across_kernels, tiny_run_overrides, weight_layers
 from latentae.losses import AutoencoderLoss
 from latentae.models import build_model
 from latentae.trainer.cli import load_run_config
@@ -49,6 +49,7 @@ def test_tiny_vq_trains_and_exports(tmp_path, demo_images):
 
     vq = VQModel.from_pretrained(tmp_path / "export")
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    with torch.no_grad():
-        assert torch.allclose(vq.decode(vq.encode(x).latents).sample,
-                              run.model.eval().decode(run.model.encode(x)), atol=1e-5)
+    with torch.no_grad():  # diffusers quantizes again inside decode: a straight-through rounding residue
+        ours = run.model.eval().decode(run.model.encode(x))
+        assert_close_across_kernels(vq.decode(vq.encode(x).latents).sample, ours,
+                                    layers=weight_layers(run.model.post_quant_conv, run.model.decoder))

@@ -10,13 +10,15 @@ HELP = "decode latent / token shards back to PNG images"
 
 def add_arguments(p):
     from latentae.cli import positive_int
-    from latentae.latents.options import PRECISIONS
+    from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
 
     p.add_argument("--model", required=True, help="the model that encoded the latents")
     p.add_argument("--latents", required=True, help="latentae encode output: folder, shard pattern or tar")
     p.add_argument("--output", "-o", required=True, help="folder for the PNG files")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="latents per forward (default: 8)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (default: fp32)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="latents per forward "
+                   f"(default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="bf16: autocast; auto: "
+                   f"bf16 where it is faster on this machine / GPU, else fp32 (default: {DEFAULT_PRECISION})")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the decoder")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 

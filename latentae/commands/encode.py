@@ -6,6 +6,12 @@ or `<key>.tokens.npy` (int32 ids), `<key>.json` with the source key and url, and
 other non-image members. Latents are unscaled: see `latentae stats` for the scaling factor. Loose image files
 (a folder) are grouped into shards `images-00000.tar`, ... of --images-per-shard files in listing order.
 
+Images are encoded at their own size by default, each center-cropped to a multiple of the model's
+downsampling factor (8 for SD's VAE; no resize), in batches of one size, so latents differ in shape from
+sample to sample and a shard holds its samples grouped by size; --resolution R resizes the shorter side to R
+and center-crops R x R instead. manifest.json records which ("resolution", "crop"). The model's sample_size
+(diffusers' tiling hint) is not a data resolution and plays no part.
+
 Shards are written under a temporary name and renamed when complete: rerunning the same command after an
 interruption encodes only the missing shards. Under `torchrun` or `accelerate launch` each rank encodes its
 own slice of the input shards; rank 0 writes `<output>/manifest.json` (model, config, written and skipped
@@ -18,6 +24,7 @@ import os
 import sys
 
 from latentae.cli import positive_int
+from latentae.latents.options import resolution_or_native
 
 HELP = "encode a dataset into latent / token shards (resumable, multi-rank)"
 
@@ -25,15 +32,19 @@ HELP = "encode a dataset into latent / token shards (resumable, multi-rank)"
 def add_common_arguments(p):
     """Options shared with `latentae stats` (which encodes on the fly)."""
     from latentae.data.config import DEFAULT_MAX_PIXELS
-    from latentae.latents.options import PRECISIONS
+    from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
 
     p.add_argument("--model", required=True, help="export / diffusers directory or LDM checkpoint")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward (default: 16)")
-    p.add_argument("--resolution", type=positive_int, help="resize the shorter side to R and center-crop R x R "
-                   "(default: the model's sample_size)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast, ~2x faster on "
-                   "AVX512-BF16 / AMX CPUs and recent GPUs; latents then differ from fp32 by about 1-2%% relative "
-                   "(default: fp32)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per forward "
+                   f"(default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--resolution", type=resolution_or_native, help="resize the shorter side to R and center-crop "
+                   "R x R (default: native: each image at its own size, center-cropped to a multiple of the model's "
+                   "downsampling factor, in batches of one size)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="bf16: autocast, ~2x "
+                   "faster on AMD Zen 4 and recent GPUs, far faster with AMX, slower on Intel CPUs without AMX; "
+                   "latents then differ from fp32 by about 1-2%% relative. auto: bf16 where a quick measurement on "
+                   "this machine (cached) or the GPU says it is faster, else fp32; the choice is printed "
+                   f"(default: {DEFAULT_PRECISION})")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions with "
                    "oneDNN / cuDNN, mostly together with bf16)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes decoding images "
@@ -54,8 +65,9 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, help="noise seed for --store sample (default: 0)")
     p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32", help="stored latent precision "
                    "(float16 halves the size; default: float32)")
-    p.add_argument("--small-images", choices=("upscale", "skip"), default="upscale", help="images whose shorter "
-                   "side is below the resolution: upscale them or skip them (default: upscale)")
+    p.add_argument("--small-images", choices=("upscale", "skip"), default="upscale", help="with --resolution: "
+                   "images whose shorter side is below it: upscale them or skip them (default: upscale; at native "
+                   "size only images smaller than the downsampling factor are skipped)")
     p.add_argument("--images-per-shard", type=positive_int, default=1000, help="loose image files per output "
                    "shard (default: 1000)")
     p.add_argument("--overwrite", action="store_true", help="re-encode shards that are already in --output")
@@ -68,6 +80,7 @@ def run(args):
     from latentae.latents.encode import encode_dataset, write_manifest
     from latentae.latents.runtime import launch
     from latentae.loading import load
+    from latentae.precision import resolve_precision
 
     expand_sources(args.data)  # a missing or empty dataset fails before the model loads
     model = load(args.model)
@@ -78,7 +91,8 @@ def run(args):
     where = launch()
     report = encode_dataset(
         model, args.data, args.output, batch_size=args.batch_size, resolution=args.resolution,
-        store=args.store or "both", storage_dtype=args.dtype, precision=args.precision,
+        store=args.store or "both", storage_dtype=args.dtype,
+        precision=resolve_precision(args.precision, device=where.device, channels_last=args.channels_last),
         channels_last=args.channels_last, device=where.device, workers=max(0, args.workers),
         images_per_shard=args.images_per_shard, seed=args.seed or 0, max_pixels=args.max_pixels,
         small_images=args.small_images, rank=where.rank, world_size=where.world_size, overwrite=args.overwrite,

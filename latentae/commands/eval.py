@@ -5,37 +5,46 @@ pipeline directory with vae/), an LDM .ckpt/.safetensors file. So SD's VAE and y
 same images, the same way.
 
 Protocol: each image's shorter side is resized to --resolution (bicubic, antialiased when shrinking; smaller
-images are upscaled) and the center square is cropped; the reconstruction is compared with that same crop. Both
-are rounded to 8 bits before any metric. PSNR: mean of per-image values. SSIM: data range 1 on [0, 1], gaussian
-11x11, sigma 1.5. LPIPS: AlexNet (--lpips-net vgg for VGG). rFID: torchmetrics FID between the crops and their
-reconstructions. Tokenizers add codebook usage, perplexity, entropy and bits per pixel; KL models the KL per
-latent channel and the number of active channels. Metrics whose weight files are missing are reported as
+images are upscaled) and the center square is cropped; with --resolution native the whole image is used, center-
+cropped (not padded: padding would add pixels the metrics then score) to a multiple of the model's downsampling
+factor (Kodak's 768 x 512 stays whole for f = 8), in batches of one size. The reconstruction is compared with
+that same crop. Both are rounded to 8 bits before any metric. PSNR: mean of per-image values. SSIM: data range
+1 on [0, 1], gaussian 11x11, sigma 1.5. LPIPS: AlexNet (--lpips-net vgg for VGG). rFID: torchmetrics FID between
+the crops and their reconstructions (each resized to 299 x 299 by the metric, whatever its shape). --max-images N
+takes the first N images of the data's order (files in order, each in stored order) whatever the number of
+processes. Tokenizers add codebook usage, perplexity, entropy and bits per pixel; KL models the KL per latent
+channel and the number of active channels. Metrics whose weight files are missing are reported as
 unavailable, with the reason; the others still run (`latentae fetch-weights` gets the files).
 
 Writes report.json, report.md, per_image.csv, grid.png (input / reconstruction / difference) and psnr_hist.png
 into --output, and prints the Markdown table. Runs on every process under torchrun / accelerate launch:
 
-  latentae eval --model runs/f8/export --data ../shared/data/kodak --resolution 256 --output eval/f8-kodak
+  latentae eval --model runs/f8/export --data ../shared/data/kodak --resolution native --output eval/f8-kodak
   torchrun --nproc_per_node 8 eval/evaluate.py --model stabilityai-sd-vae --data val-{0000..0049}.tar
 """
 from pathlib import Path
 
 from latentae.cli import positive_int, non_negative_int
+from latentae.latents.options import NATIVE, resolution_or_native
 
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
 
-CROP = ("shorter side resized to the resolution (bicubic, antialiased when shrinking; smaller images upscaled), "
-        "center square crop; the reconstruction is compared with that same crop, both rounded to 8 bits")
+COMPARED = "the reconstruction is compared with that same crop, both rounded to 8 bits"
 
 
 def add_arguments(p):
+    from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
+
     p.add_argument("--model", required=True, help="model directory or LDM checkpoint file")
     p.add_argument("--data", required=True, help="image folder, image file, tar / shard pattern "
                    "(data-{0000..0009}.tar), glob, or a comma-separated list of these")
-    p.add_argument("--resolution", type=positive_int, default=256, help="center-crop side in pixels (default: 256)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch and process (default: 16)")
-    p.add_argument("--max-images", type=positive_int, help="evaluate only N images (default: all): the first N in "
-                   "one process; under P processes the first N/P of each process's share of the files")
+    p.add_argument("--resolution", type=resolution_or_native, default=256, help="center-crop side in pixels, or "
+                   "native: whole images, center-cropped to a multiple of the model's downsampling factor "
+                   "(default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per batch and "
+                   f"process (default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the data's order, "
+                   "whatever the number of processes (default: all)")
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
                    help="comma-separated subset of psnr,ssim,lpips,rfid (default: all)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
@@ -43,7 +52,9 @@ def add_arguments(p):
     p.add_argument("--grids", type=non_negative_int, default=8, help="images in grid.png (0: no grid; default: 8)")
     p.add_argument("--num-workers", type=non_negative_int, default=4,
                    help="image decoding processes per process (default: 4)")
-    p.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast (metrics stay fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="the model's precision "
+                   "(metrics stay fp32): bf16 autocast, fp32, or auto: bf16 where it is faster on this machine / "
+                   f"GPU, else fp32 (default: {DEFAULT_PRECISION})")
 
 
 def run(args):
@@ -51,21 +62,29 @@ def run(args):
     from accelerate import Accelerator
 
     from latentae.data import DataConfig, eval_loader
+    from latentae.data.transforms import crop_description
     from latentae.evaluation import evaluate, markdown, write_report
     from latentae.evaluation.evaluator import check_metrics
     from latentae.loading import load
+    from latentae.models.blocks import model_downsample_factor
+    from latentae.precision import resolve_precision
 
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = load(args.model, device=accelerator.device)
-    cfg = DataConfig(resolution=args.resolution, num_workers=args.num_workers)
+    native = args.resolution is None
+    factor = model_downsample_factor(model)
+    cfg = DataConfig(num_workers=args.num_workers, **({} if native else {"resolution": args.resolution}))
     batches = eval_loader(cfg, batch_size=args.batch_size, rank=accelerator.process_index,
-                          world_size=accelerator.num_processes, source=args.data)
-    result = evaluate(model, batches, metrics=metrics, lpips_net=args.lpips_net, bf16=args.bf16,
+                          world_size=accelerator.num_processes, source=args.data,
+                          native_multiple=factor if native else None)
+    result = evaluate(model, batches, metrics=metrics, lpips_net=args.lpips_net,
+                      bf16=resolve_precision(args.precision, device=accelerator.device) == "bf16",
                       max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data)
     if accelerator.is_main_process:
         setup = {"model": str(args.model), "model_class": type(model).__name__, "data": str(args.data),
-                 "resolution": args.resolution, "crop": CROP, "max_images": args.max_images}
+                 "resolution": NATIVE if native else args.resolution,
+                 "crop": f"{crop_description(args.resolution, factor)}; {COMPARED}", "max_images": args.max_images}
         if "lpips" in metrics:
             setup["lpips_net"] = args.lpips_net
         output = Path(args.output or f"eval-{Path(args.model).resolve().name}")

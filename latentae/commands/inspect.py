@@ -11,12 +11,13 @@
                       MSE, highest first; prints the ranking and draws the top ones
 
 DATA is an image folder, image files or shards. Images are resized and center-cropped to --resolution
-(default: the model's sample_size).
+(default: 256, as `latentae eval`; the model's sample_size is a tiling hint, not a data resolution).
 
   latentae inspect interpolate kodim01.png kodim23.png --model out/export --output interp.png
   latentae inspect anomaly photos/ --model out/export --score elbo --top 16
 """
 
+DEFAULT_RESOLUTION = 256  # figures need one image size; the model's sample_size would be 32 for diffusers' default
 HELP = "latent-space figures: interpolation, arithmetic, prior samples, KL, codebook usage, anomalies"
 
 
@@ -30,7 +31,7 @@ def add_arguments(p):
         t = tools.add_parser(name, help=help_text, description=help_text)
         t.add_argument("--model", required=True, help="export / diffusers directory or LDM checkpoint")
         t.add_argument("--output", "-o", help=f"PNG to write (default: {name}.png)")
-        t.add_argument("--resolution", type=positive_int, help="image side (default: the model's sample_size)")
+        t.add_argument("--resolution", type=positive_int, help="image side (default: 256)")
         return t
 
     t = tool("interpolate", "decodes between two images' latents, linear and spherical")
@@ -63,7 +64,7 @@ def run(args):
     model = load(args.model)
     if args.tool == "interpolate" and args.steps < 2:
         raise LatentaeError("--steps must be >= 2 (both ends are included)")
-    resolution = args.resolution or int(model.config.get("sample_size") or 256)
+    resolution = args.resolution or DEFAULT_RESOLUTION
     figure, lines = TOOLS[args.tool](model, args, resolution)
     output = args.output or f"{args.tool}.png"
     figure.save(output)
@@ -104,7 +105,7 @@ def _prior(model, args, resolution):
 
     from latentae.inspect import image_grid, prior_samples
 
-    samples = prior_samples(model, args.num, seed=args.seed, normalized=args.normalized)
+    samples = prior_samples(model, args.num, resolution=resolution, seed=args.seed, normalized=args.normalized)
     cols = math.ceil(math.sqrt(args.num))
     what = "random tokens" if model.family == "vq" else "N(0, I) in normalized space" if args.normalized else "N(0, I)"
     return image_grid([samples[i:i + cols] for i in range(0, len(samples), cols)],

@@ -1,7 +1,8 @@
 """Latent statistics of a KL autoencoder and the normalization constants diffusion pipelines need.
 
 Measures the global and per-channel mean and standard deviation of the latents, either of images (--data,
-encoded on the fly) or of `latentae encode` output (--latents), and prints the recommended scaling_factor
+encoded on the fly at their native size like `latentae encode`, or at --resolution) or of `latentae encode`
+output (--latents), and prints the recommended scaling_factor
 (1 / std, the Stable Diffusion convention), shift_factor (the mean, SD3 / FLUX) and per-channel latents_mean /
 latents_std (SDXL-family pipelines). By default the statistics are those of posterior samples, what a latent
 diffusion model trains on (exact moments from mean and logvar, no noise drawn); --of mean measures means.
@@ -30,7 +31,8 @@ def add_arguments(p):
     source.add_argument("--latents", help="latentae encode output (folder, shard pattern or tar)")
     p.add_argument("--of", choices=("sample", "mean"), default="sample", help="statistics of posterior samples "
                    "(default) or posterior means")
-    p.add_argument("--max-images", type=positive_int, help="--data: use the first N images only")
+    p.add_argument("--max-images", type=positive_int, help="--data: use the first N images only (files in order, "
+                   "each in stored order)")
     p.add_argument("--write", action="store_true", help="write the constants into the model's config.json")
     p.add_argument("--convention", choices=CONVENTIONS, default="sd", help="which constants --write stores "
                    "(default: sd)")
@@ -38,11 +40,13 @@ def add_arguments(p):
 
 def run(args):
     from latentae.errors import LatentaeError
+    from latentae.latents.options import DEFAULT_PRECISION
     from latentae.latents.runtime import default_device
     from latentae.latents.stats import latent_stats, latent_stats_of_images, write_normalization
     from latentae.loading import load
 
-    if args.latents and (args.max_images or args.resolution or args.precision != "fp32" or args.channels_last):
+    if args.latents and (args.max_images or args.resolution or args.precision != DEFAULT_PRECISION
+                         or args.channels_last):
         raise LatentaeError("--max-images, --resolution, --precision and --channels-last apply to --data "
                             "(images to encode), not to --latents")
     model = load(args.model)

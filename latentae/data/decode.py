@@ -70,14 +70,34 @@ def open_image(data: bytes, *, max_pixels: int, min_side: int | None = None,
     return img
 
 
+def _full_scale(img: Image.Image) -> float:
+    """The value that means white in a high-depth grayscale image ("I*" or "F" mode).
+
+    Integer modes: 65535. "I;16*" is 16-bit by definition; "I" (32-bit) is what Pillow opens 16-bit PGM / PPM
+    as (scaled to 0..65535), so 16-bit range as well. Floats ("F", e.g. 32-bit TIFF) carry no range: by their
+    maximum (NaN and infinities ignored), 1 when no value exceeds 1 (the float image convention), else 255 when
+    none exceeds 255 (8-bit data stored as floats), else 65535 (16-bit data). Not each image's own min-max:
+    that would stretch every image to full contrast, changing the data. Linear-light HDR floats (above 1) are
+    not tone-mapped: they read as 0..255 data, so convert them first.
+    """
+    if img.mode != "F":
+        return 65535.0
+    arr = np.asarray(img)
+    finite = arr[np.isfinite(arr)]
+    top = float(finite.max()) if finite.size else 0.0
+    return 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; alpha (RGBA, LA, palette or colour-key transparency) on ALPHA_BACKGROUND."""
+    """Any Pillow mode -> 8-bit RGB; alpha (RGBA, LA, palette or colour-key transparency) on ALPHA_BACKGROUND;
+    high-depth grayscale ("I*", "F") scaled from its _full_scale, values outside clipped, NaN black."""
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
-    if mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit int grayscale, 16-bit range in practice
-        arr = np.asarray(img).astype(np.int64)
-        gray = ((np.clip(arr, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+    if mode.startswith("I") or mode == "F":
+        white = _full_scale(img)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=white, neginf=0.0)
+        gray = np.floor(np.clip(arr / white, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)  # rounded to nearest
         return Image.fromarray(gray).convert("RGB")
     if "transparency" in img.info and mode in ("P", "L", "RGB"):
         img = img.convert("RGBA")
@@ -87,7 +107,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         out = Image.new("RGB", img.size, ALPHA_BACKGROUND)
         out.paste(img, mask=img.getchannel("A"))
         return out
-    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, F
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
 def decode_image(data: bytes, *, max_pixels: int, min_side: int | None = None,

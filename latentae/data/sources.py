@@ -75,24 +75,45 @@ def _local_sources(path: str) -> list[Source]:
     raise LatentaeError(f"data source {path} is neither a tar file nor an image (.{extension(path) or '?'})")
 
 
+def _parts(spec: str | Sequence[str]) -> list[str]:
+    return _split_top_level(spec) if isinstance(spec, str) else [p for s in spec for p in _split_top_level(s)]
+
+
+def _part_sources(part: str) -> list[Source]:
+    """The sources one comma-separated part of a spec names, in order."""
+    if _is_url(part) and not part.startswith("file://"):
+        return [Source(u) for u in braceexpand.braceexpand(part)]
+    out: list[Source] = []
+    for path in braceexpand.braceexpand(os.path.expanduser(part)):
+        if glob.has_magic(path):
+            matches = sorted(glob.glob(path, recursive=True))
+            if not matches:
+                raise LatentaeError(f"data source pattern matches nothing: {path}")
+            for m in matches:
+                out.extend(_local_sources(m))
+        else:
+            out.extend(_local_sources(path))
+    return out
+
+
+def expand_source_groups(spec: str | Sequence[str]) -> list[list[Source]]:
+    """Spec -> the sources of expand_sources, grouped into runs assumed to hold equal numbers of samples:
+    per comma-separated part, its tars (a brace pattern, glob or folder of shards, as webdataset writers
+    make them with a fixed count per shard) and its image files (one sample each). Nothing is read to
+    check the assumption (stream sources cannot be counted without reading them)."""
+    groups: list[list[Source]] = []
+    for part in _parts(spec):
+        found = _part_sources(part)
+        groups += [g for g in ([s for s in found if not s.is_image], [s for s in found if s.is_image]) if g]
+    if not groups:
+        raise LatentaeError(f"data source {spec!r} holds no images or tar files")
+    return groups
+
+
 def expand_sources(spec: str | Sequence[str]) -> list[Source]:
     """Spec (string or list of strings) -> sources in a deterministic order (the order given, folders and
     globs sorted). Missing local paths raise LatentaeError; an empty result too."""
-    parts = _split_top_level(spec) if isinstance(spec, str) else [p for s in spec for p in _split_top_level(s)]
-    out: list[Source] = []
-    for part in parts:
-        if _is_url(part) and not part.startswith("file://"):
-            out.extend(Source(u) for u in braceexpand.braceexpand(part))
-            continue
-        for path in braceexpand.braceexpand(os.path.expanduser(part)):
-            if glob.has_magic(path):
-                matches = sorted(glob.glob(path, recursive=True))
-                if not matches:
-                    raise LatentaeError(f"data source pattern matches nothing: {path}")
-                for m in matches:
-                    out.extend(_local_sources(m))
-            else:
-                out.extend(_local_sources(path))
+    out = [source for part in _parts(spec) for source in _part_sources(part)]
     if not out:
         raise LatentaeError(f"data source {spec!r} holds no images or tar files")
     return out

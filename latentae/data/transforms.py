@@ -3,6 +3,8 @@
 Resize so the shorter side equals the resolution (bicubic, antialiased when shrinking), crop a square
 (random for training, centered for evaluation), optionally mirror, and map uint8 [0, 255] to float32
 [-1, 1] as `value / 127.5 - 1`. Evaluation is `prepare_image(img, resolution)`: center crop, no flip.
+Native size (resolution None): no resize, the centered crop whose sides are multiples of the model's
+downsampling factor (`center_crop_to_multiple`), so the model sees the whole image but for a few border pixels.
 """
 from __future__ import annotations
 
@@ -37,6 +39,27 @@ def resize_crop(img: Image.Image, size: int, rng: random.Random | None = None) -
                       box=(left / sx, top / sy, (left + size) / sx, (top + size) / sy))
 
 
+def center_crop_to_multiple(img: Image.Image, multiple: int) -> Image.Image:
+    """The centered crop of `img` whose sides are the largest multiples of `multiple` that fit, no resize (an
+    odd remainder leaves the extra pixel on the right / bottom). The image itself when it already fits."""
+    w, h = img.size
+    cw, ch = w - w % multiple, h - h % multiple
+    if not (cw and ch):
+        raise ValueError(f"a {w} x {h} image has no crop to a multiple of {multiple}")
+    if (cw, ch) == (w, h):
+        return img
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def crop_description(resolution: int | None, multiple: int) -> str:
+    """How `prepare_array(img, resolution, multiple=multiple)` crops, in words (recorded with results)."""
+    if resolution is None:
+        return f"native size: center crop to a multiple of {multiple} px, no resize"
+    return (f"shorter side resized to {resolution} (bicubic, antialiased when shrinking; smaller images upscaled), "
+            f"center square crop {resolution} x {resolution}")
+
+
 def to_array(img: Image.Image) -> np.ndarray:
     """8-bit RGB image -> float32 [3, H, W] in [-1, 1], as a numpy array.
 
@@ -59,9 +82,10 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy())
 
 
-def prepare_array(img: Image.Image, resolution: int | None, *, random_crop: bool = False, hflip: bool = False,
-                  rng: random.Random | None = None) -> np.ndarray:
-    """RGB image -> float32 [3, R, R] in [-1, 1] (the whole image, unresized, when resolution is None).
+def prepare_array(img: Image.Image, resolution: int | None, *, multiple: int = 1, random_crop: bool = False,
+                  hflip: bool = False, rng: random.Random | None = None) -> np.ndarray:
+    """RGB image -> float32 [3, R, R] in [-1, 1]; when resolution is None the whole image, unresized, center-
+    cropped to a multiple of `multiple` (1: no crop).
 
     random_crop / hflip draw from `rng`, which is then required: the caller owns the randomness so a
     stream can be replayed exactly.
@@ -70,12 +94,15 @@ def prepare_array(img: Image.Image, resolution: int | None, *, random_crop: bool
         raise ValueError("random_crop and hflip need an rng")
     if resolution is not None:
         img = resize_crop(img, resolution, rng if random_crop else None)
+    elif multiple > 1:
+        img = center_crop_to_multiple(img, multiple)
     if hflip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return to_array(img)
 
 
-def prepare_image(img: Image.Image, resolution: int | None, *, random_crop: bool = False, hflip: bool = False,
-                  rng: random.Random | None = None) -> torch.Tensor:
+def prepare_image(img: Image.Image, resolution: int | None, *, multiple: int = 1, random_crop: bool = False,
+                  hflip: bool = False, rng: random.Random | None = None) -> torch.Tensor:
     """prepare_array as a torch tensor. Evaluation protocol: `prepare_image(img, resolution)`."""
-    return torch.from_numpy(prepare_array(img, resolution, random_crop=random_crop, hflip=hflip, rng=rng))
+    return torch.from_numpy(prepare_array(img, resolution, multiple=multiple, random_crop=random_crop, hflip=hflip,
+                                          rng=rng))

@@ -74,7 +74,8 @@ class CodebookStats:
 
 class KLStats:
     """KL autoencoder statistics, KL(q(z|x) || N(0, I)) in nats per latent element as in the training
-    diagnostics: kl_per_channel: mean over images and positions, per channel; kl: mean over channels;
+    diagnostics: kl_per_channel: per channel, the mean over positions of each image, averaged over images
+    (images of different sizes weigh the same); kl: mean over channels;
     active_channels: channels whose KL exceeds the threshold (default 0.01 nats, loss.kl.active_threshold's):
     a collapsed channel carries no information and has KL ~ 0."""
 

@@ -2,8 +2,10 @@
 
 The same function serves `latentae eval` and the trainer's periodic validation. Every rank reconstructs its own
 slice of the data (what `latentae.data.eval_loader(..., rank=, world_size=)` gives it) and keeps per-image values
-and summable statistics; one gather at the end makes every rank hold the result for the whole set. KL models
-reconstruct from the posterior mean (deterministic); tokenizers through their quantizer.
+and summable statistics; one gather at the end makes every rank hold the result for the whole set, per-image
+values in the global order of the data (batches' `position`), whatever the number of processes. `max_images`
+takes the first N images of that order (`EvalLoader.first`). KL models reconstruct from the posterior mean
+(deterministic); tokenizers through their quantizer. Batches may hold images of any size, one size per batch.
 
     from latentae.evaluation import evaluate
     result = evaluate(model, eval_loader(cfg, batch_size=16, rank=r, world_size=w, source="val/"),
@@ -42,6 +44,7 @@ class EvalResult:
     per_image: dict[str, list[float]] = field(default_factory=dict)  # psnr / ssim / lpips per image
     protocol: dict[str, Any] = field(default_factory=dict)  # how each metric was computed, weight files used
     examples: dict[str, Tensor] = field(default_factory=dict)  # "input" / "reconstruction": uint8 [N, 3, H, W]
+    # (the main process's first evaluated images of the first one's size)
 
     @property
     def per_image_psnr(self) -> list[float]:
@@ -88,14 +91,30 @@ def _build_meters(metrics: Sequence[str], *, lpips_net: str, lpips_trunk, fid_fe
 
 
 def _local_cap(max_images: int | None, rank: int, ranks: int) -> int | None:
-    """This rank's share of `max_images`: the shares add up to max_images (when every rank has enough data)."""
+    """How many of the first `max_images` images rank `rank` evaluates (image j goes to rank j % ranks)."""
     if max_images is None:
         return None
     return max_images // ranks + (1 if rank < max_images % ranks else 0)
 
 
+def _capped(batches: Iterable[dict], max_images: int | None, ranks: int) -> tuple[Iterable[dict], int | None]:
+    """(batches, cap): an eval loader's first `max_images` images of the global order (split over ranks by the
+    loader itself, cap None), or a plain iterable with the number of images to take from it."""
+    if max_images is None or hasattr(batches, "first"):
+        return (batches if max_images is None else batches.first(max_images)), None
+    if ranks > 1:
+        raise LatentaeError("max_images under several processes needs batches from latentae.data.eval_loader: "
+                            "it defines one order of the images for all processes")
+    return batches, max_images
+
+
+def _global_order(positions: list) -> list[int]:
+    """Indices that sort the gathered images by their position in the data (sources, then stored order)."""
+    return sorted(range(len(positions)), key=lambda i: positions[i])
+
+
 def _skip_counts(batches) -> dict[str, int]:
-    """The data reader's skip counts so far (BatchLoader.skipped; nothing for a plain iterable)."""
+    """The data reader's skip counts so far (EvalLoader.skipped; nothing for a plain iterable)."""
     counter = getattr(batches, "skipped", None)
     return counter.as_dict() if counter is not None else {}
 
@@ -122,6 +141,7 @@ def _reconstruct(model: nn.Module, x: Tensor, bf16: bool):
 def evaluate(
     model: nn.Module,  # KLAutoencoder or VQTokenizer (an accelerate-prepared one is unwrapped)
     batches: Iterable[dict],  # this rank's {"image": float [B, 3, H, W] in [-1, 1], "key": [...]} batches
+    # (an eval_loader's also carry "position": the order of the per-image values)
     *,
     metrics: Sequence[str] = DEFAULT_METRICS,  # any of psnr, ssim, lpips, rfid; bottleneck stats always run
     accelerator=None,  # accelerate.Accelerator that prepared `model` (to unwrap it); collectives need no more
@@ -130,7 +150,7 @@ def evaluate(
     fid_feature: int | nn.Module = 2048,  # Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
     fid_weights: str | Path | None = None,  # explicit Inception weight file (default: latentae.weights lookup)
     bf16: bool = False,  # run the model under bf16 autocast (metrics stay fp32 / fp64)
-    max_images: int | None = None,  # stop after this many images in all (split over ranks); None: all
+    max_images: int | None = None,  # the first N images of the data's order (any process count); None: all
     examples: int = 0,  # keep this many of the main process's first inputs / reconstructions (for grids)
     active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
     progress: bool = False,  # progress bar with images/s on the main process (when stderr is a terminal)
@@ -155,14 +175,16 @@ def evaluate(
     per_image_fns = {k: fn for k, fn in per_image_fns.items() if k in metrics and fn is not None}
     values: dict[str, list[Tensor]] = {k: [] for k in per_image_fns}
     keys: list[str] = []
+    positions: list[tuple] = []  # in the data's order; (rank, index) for batches without one: rank order
     kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
-    cap = _local_cap(max_images, rank, ranks)
+    skips_before = _skip_counts(batches)
+    batches, cap = _capped(batches, max_images, ranks)
 
     from tqdm.auto import tqdm
 
     # disable=None: no bar when stderr is not a terminal (logs, captured output)
-    bar = tqdm(total=cap, unit="img", desc="eval", dynamic_ncols=True, disable=None if progress and main else True)
-    skips_before = _skip_counts(batches)
+    bar = tqdm(total=_local_cap(max_images, rank, ranks), unit="img", desc="eval", dynamic_ncols=True,
+               disable=None if progress and main else True)
     was_training = model.training
     model.eval()
     try:
@@ -178,9 +200,11 @@ def evaluate(
             if "rfid" in meters:
                 meters["rfid"].update(real, fake)
             stats.update(out, x)
+            placed = batch.get("position") or [(rank, len(keys) + i) for i in range(len(images))]
+            positions.extend(tuple(p) for p in placed[: len(images)])
             keys.extend(batch["key"][: len(images)])
             taken = sum(len(t) for t in kept["input"])
-            if taken < examples:
+            if taken < examples and (not taken or real.shape[1:] == kept["input"][0].shape[1:]):
                 kept["input"].append(real[: examples - taken].cpu())
                 kept["reconstruction"].append(fake[: examples - taken].cpu())
             bar.update(len(images))
@@ -194,7 +218,10 @@ def evaluate(
     skipped = _total_skips(skips_before, _skip_counts(batches), device)
     per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
                  for k, v in values.items()}
-    image_keys = gather_objects(keys)
+    order = _global_order(gather_objects(positions))
+    gathered_keys = gather_objects(keys)
+    image_keys = [gathered_keys[i] for i in order]
+    per_image = {k: v[torch.tensor(order, dtype=torch.long, device=v.device)] for k, v in per_image.items()}
     n_images = len(image_keys)
     if n_images == 0:
         if skipped:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from latentae.models.blocks import downsample_factor
+from latentae.models.blocks import model_downsample_factor
 
 
 def lerp(a: Tensor, b: Tensor, t: float) -> Tensor:
@@ -48,8 +48,6 @@ def arithmetic(model, a: Tensor, b: Tensor, c: Tensor) -> dict[str, Tensor]:
     return dict(zip(("a", "b", "c", "result"), recs.unbind(0)))
 
 
-def latent_size(model) -> int:
-    return int(model.config["sample_size"]) // downsample_factor(model.config["block_out_channels"])
 
 
 def denormalize(model, z: Tensor) -> Tensor:
@@ -65,12 +63,12 @@ def denormalize(model, z: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def prior_samples(model, n: int, *, seed: int = 0, normalized: bool = False) -> list[Tensor]:
-    """Decodes of `n` draws from the prior. KL: z ~ N(0, I), the prior the KL term pulls towards; with
-    `normalized`, N(0, I) in the config's normalized space (see `denormalize`), i.e. the latent
-    distribution the scaling constants claim. VQ: uniformly random token ids."""
+def prior_samples(model, n: int, *, resolution: int, seed: int = 0, normalized: bool = False) -> list[Tensor]:
+    """Decodes of `n` draws from the prior, `resolution` px square. KL: z ~ N(0, I), the prior the KL term
+    pulls towards; with `normalized`, N(0, I) in the config's normalized space (see `denormalize`), i.e. the
+    latent distribution the scaling constants claim. VQ: uniformly random token ids."""
     g = torch.Generator().manual_seed(seed)
-    side = latent_size(model)
+    side = max(1, resolution // model_downsample_factor(model))
     if model.family == "vq":
         q = model.quantize
         shape = (n, side, side) + ((q.num_stages,) if hasattr(q, "num_stages") else ())

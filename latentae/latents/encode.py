@@ -1,7 +1,10 @@
 """`latentae encode`: a dataset -> latent (or token) shards, exactly once, resumable, split across ranks.
 
 Every rank takes the static slice jobs[rank::world_size] (see jobs.py for what a job is) and reads each
-job's samples in order in DataLoader workers (decode + resize + crop there, encoding in the main process).
+job's samples in order in DataLoader workers (decode + crop there, encoding in the main process). By default
+each image is encoded at its own size, center-cropped to a multiple of the model's downsampling factor, in
+batches of one size (a shard then holds its samples grouped by size); `resolution` resizes and center-crops
+every image to R x R instead. The model's `sample_size` (a tiling hint) plays no part.
 A job's samples are written to `<output>/<name>.tar.tmp`, which is renamed to `<name>.tar` once complete,
 after its record `<name>.json` (written / skipped counts and the settings) is in place; a rerun skips jobs
 whose tar and record exist, so killing a run loses at most the shards in progress. When every rank is
@@ -24,11 +27,13 @@ import torch
 from latentae.data.config import DEFAULT_MAX_PIXELS
 from latentae.data.skips import SkipCounter
 from latentae.data.sources import expand_sources, tar_index
+from latentae.data.transforms import crop_description
 from latentae.errors import LatentaeError
 from latentae.latents.format import FORMAT, LATENTS, MANIFEST, META, TOKENS, npy_bytes, write_json
 from latentae.latents.jobs import Job, job_loader, plan_jobs
-from latentae.latents.options import STORAGE_DTYPES, STORE_CHOICES
+from latentae.latents.options import NATIVE, STORAGE_DTYPES, STORE_CHOICES
 from latentae.latents.runtime import Runtime
+from latentae.models.blocks import model_downsample_factor
 
 
 
@@ -96,15 +101,18 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def settings(model, *, model_source: str, store: str, storage_dtype: str, precision: str, resolution: int,
+def settings(model, *, model_source: str, store: str, storage_dtype: str, precision: str, resolution: int | None,
              max_pixels: int, small_images: str, seed: int) -> dict:
     """What decides a shard's content (a rerun with different settings must not mix its shards in), plus
-    where the model came from (`model`, informative only: the weights fingerprint identifies it)."""
+    where the model came from (`model`, informative only: the weights fingerprint identifies it).
+    `resolution` None: native size (recorded as "native", with the crop in words)."""
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     return {"model": model_source, "model_class": type(model).__name__, "weights": weights_fingerprint(model),
             "config": config, "content": TOKENS if model.family == "vq" else f"{LATENTS}:{store}",
             "dtype": "int32" if model.family == "vq" else storage_dtype, "precision": precision,
-            "resolution": resolution, "max_pixels": max_pixels, "small_images": small_images,
+            "resolution": NATIVE if resolution is None else resolution,
+            "crop": crop_description(resolution, model_downsample_factor(model)), "max_pixels": max_pixels,
+            "small_images": small_images,
             **({"seed": seed} if store == "sample" and model.family != "vq" else {})}
 
 
@@ -113,7 +121,7 @@ def _normalized(obj):
 
 
 # Config keys that do not change latents: the normalization constants `latentae stats --write` sets later,
-# decode-side precision, and sample_size (only a default of `resolution`, which is compared itself).
+# decode-side precision, and sample_size (diffusers' tiling hint; the data resolution is `resolution`).
 _NOT_CONTENT = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast", "sample_size")
 
 
@@ -145,13 +153,12 @@ def encode_dataset(model, data: str | Sequence[str], output: str | Path, *, batc
                    seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
                    small_images: Literal["upscale", "skip"] = "upscale", rank: int = 0, world_size: int = 1,
                    overwrite: bool = False, model_source: str = "", progress: bool = False) -> EncodeReport:
-    """Encode this rank's share of `data` into `output` (see the module docstring). `resolution` defaults to
-    the model's `sample_size`; images are resized (shorter side) and center-cropped to it. Call
-    `write_manifest` on rank 0 once every rank has returned."""
+    """Encode this rank's share of `data` into `output` (see the module docstring): at native size (resolution
+    None, the default), or resized (shorter side) and center-cropped to `resolution`. Call `write_manifest` on
+    rank 0 once every rank has returned."""
     start = time.perf_counter()
     if batch_size < 1 or images_per_shard < 1:
         raise LatentaeError("batch_size and images_per_shard must be >= 1")
-    resolution = resolution or int(model.config.get("sample_size") or 256)
     jobs = plan_jobs(expand_sources(data), images_per_shard=images_per_shard)
     output = Path(output)
     for job in jobs:  # encoding a folder of shards into itself would replace them
@@ -177,11 +184,12 @@ def encode_dataset(model, data: str | Sequence[str], output: str | Path, *, batc
 
 
 def _encode_jobs(encoder: LatentEncoder, jobs: list[Job], output: Path, report: EncodeReport,
-                 *, batch_size: int, resolution: int, max_pixels: int, small_images: str, workers: int,
+                 *, batch_size: int, resolution: int | None, max_pixels: int, small_images: str, workers: int,
                  progress: bool) -> None:
     from tqdm import tqdm
 
-    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, max_pixels=max_pixels,
+    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution,
+                        multiple=model_downsample_factor(encoder.runtime.model), max_pixels=max_pixels,
                         small_images=small_images, workers=workers, pin_memory=encoder.runtime.device.type == "cuda")
     open_shards: dict[int, _OpenShard] = {}  # job index -> shard being written
     bar = tqdm(total=_count_samples(jobs) if progress else None, unit="img", disable=not progress,

@@ -11,7 +11,9 @@ counts `<name>.json`, and `manifest.json` (written when every shard is done). Ea
     <key>.<ext>         the source sample's other non-image members (captions .txt, .cls, ...) copied
                         verbatim, its .json as .source.json
 
-`<key>` is the source sample's key. Latents are unscaled (multiply by `scaling_factor`, see `latentae stats`).
+`<key>` is the source sample's key. h and w are the image's (cropped) size over the downsampling factor: at
+native size (encode's default) they differ from sample to sample, and a shard holds its samples grouped by
+size; readers batch only equal shapes. Latents are unscaled (multiply by `scaling_factor`, see `latentae stats`).
 Arrays are plain `.npy` members: numpy reads them without pickle.
 """
 from __future__ import annotations

@@ -1,7 +1,22 @@
 """Choices the `latentae encode / decode / stats` options offer: no heavy imports here, the CLI builds its parser
 from them on every call."""
 
-PRECISIONS = ("fp32", "bf16")  # see runtime.Runtime
+PRECISIONS = ("auto", "fp32", "bf16")  # see runtime.Runtime; auto: see latentae.precision
+DEFAULT_PRECISION = "auto"
+# Images per forward of encode / stats / decode / eval: the plain diffusers loop's batch. On 2 cores batches of 1-2
+# cost 5-20% more per image and larger ones gain little or lose (issue 9: batch 16 +40%); see BENCHMARKS.md
+DEFAULT_BATCH_SIZE = 4
 STORE_CHOICES = ("both", "mean", "sample")  # what a KL sample holds; see format.py
 STORAGE_DTYPES = ("float32", "float16")  # stored latent precision (token ids are always int32)
 CONVENTIONS = ("sd", "sd3", "sdxl")  # normalization constants `stats --write` stores; see stats.py
+NATIVE = "native"  # --resolution native: each image at its own size, cropped to a multiple of the model's downsampling
+
+
+def resolution_or_native(text: str) -> int | None:
+    """argparse type of --resolution: a side in pixels (>= 1), or "native" (None)."""
+    if text == NATIVE:
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value

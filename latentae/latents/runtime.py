@@ -12,8 +12,9 @@ from torch import Tensor
 
 from latentae.errors import LatentaeError
 from latentae.latents.options import PRECISIONS
+from latentae.precision import resolve_precision
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 def default_device() -> torch.device:
@@ -25,7 +26,8 @@ class Runtime:
 
     bf16 is autocast (weights stay fp32, convolutions and matmuls run in bf16: AVX512-BF16 / AMX on CPUs,
     tensor cores on GPUs); quantizers turn autocast off for their lookups, so codebooks are searched in
-    fp32. channels_last lays activations out NHWC, which oneDNN and cuDNN convolve faster.
+    fp32. channels_last lays activations out NHWC, which oneDNN and cuDNN convolve faster. auto becomes bf16
+    where it is faster on this device, else fp32 (see latentae.precision; `self.precision` holds the result).
     """
 
     def __init__(self, model, *, device: str | torch.device | None = None, precision: Precision = "fp32",
@@ -33,7 +35,7 @@ class Runtime:
         if precision not in PRECISIONS:
             raise LatentaeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device) if device is not None else default_device()
-        self.precision = precision
+        self.precision = resolve_precision(precision, device=self.device, channels_last=channels_last)
         self.channels_last = channels_last
         self.model = model.to(self.device).eval()
         if channels_last:

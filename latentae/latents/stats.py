@@ -31,6 +31,7 @@ from latentae.latents.format import iter_encoded
 from latentae.latents.jobs import job_loader, plan_jobs
 from latentae.latents.options import CONVENTIONS
 from latentae.latents.runtime import Runtime
+from latentae.models.blocks import model_downsample_factor
 
 NORMALIZATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
@@ -86,24 +87,18 @@ class _Moments:
 
     def add(self, mean: np.ndarray, second: np.ndarray) -> None:
         """mean, second: [B, C, h, w] values of E[z] and E[z^2] per position."""
-        s1, s2 = mean.sum(axis=(0, 2, 3), dtype=np.float64), second.sum(axis=(0, 2, 3), dtype=np.float64)
-        self.s1 = s1 if self.s1 is None else self.s1 + s1
-        self.s2 = s2 if self.s2 is None else self.s2 + s2
-        self.n += mean.shape[0] * mean.shape[2] * mean.shape[3]
-        self.images += mean.shape[0]
+        self.add_images(*_image_sums(mean, second))
+
+    def add_images(self, s1: np.ndarray, s2: np.ndarray, positions: int) -> None:
+        """Per-image channel sums [B, C] of E[z] and E[z^2] over `positions` latent positions each."""
+        self.s1 = s1.sum(0) if self.s1 is None else self.s1 + s1.sum(0)
+        self.s2 = s2.sum(0) if self.s2 is None else self.s2 + s2.sum(0)
+        self.n += len(s1) * positions
+        self.images += len(s1)
 
     def add_latents(self, array: np.ndarray, store: str, of: str) -> None:
         """A batch of stored latents [B, C or 2C, h, w] (see format.py) for statistics `of` sample / mean."""
-        if store == "both":
-            mean, logvar = np.split(array.astype(np.float64), 2, axis=1)
-            second = mean**2 + (np.exp(logvar) if of == "sample" else 0.0)
-        elif store == of:
-            mean = array.astype(np.float64)
-            second = mean**2
-        else:
-            raise LatentaeError(f"the latents were stored as {store}s only: statistics of posterior {of}s need "
-                                f"mean and logvar (encode with --store both), or use --of {store}")
-        self.add(mean, second)
+        self.add(*_mean_second(array, store, of))
 
     def result(self, of: str) -> LatentStats:
         if not self.n:
@@ -116,6 +111,54 @@ class _Moments:
             raise LatentaeError("the latents are constant (std 0): no scaling factor exists")
         return LatentStats(of=of, images=self.images, positions=self.n, mean=mean.tolist(),
                            std=np.sqrt(var).tolist(), global_mean=float(g_mean), global_std=math.sqrt(g_var))
+
+
+def _mean_second(array: np.ndarray, store: str, of: str) -> tuple[np.ndarray, np.ndarray]:
+    """E[z] and E[z^2] per position [B, C, h, w] (float64) of stored latents (store: see format.py) for
+    statistics of posterior samples or means (`of`)."""
+    if store == "both":
+        mean, logvar = np.split(array.astype(np.float64), 2, axis=1)
+        return mean, mean**2 + (np.exp(logvar) if of == "sample" else 0.0)
+    if store == of:
+        mean = array.astype(np.float64)
+        return mean, mean**2
+    raise LatentaeError(f"the latents were stored as {store}s only: statistics of posterior {of}s need "
+                        f"mean and logvar (encode with --store both), or use --of {store}")
+
+
+def _image_sums(mean: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-image channel sums [B, C] of E[z] and E[z^2] [B, C, h, w], and the positions per image (h * w)."""
+    return (mean.sum(axis=(2, 3), dtype=np.float64), second.sum(axis=(2, 3), dtype=np.float64),
+            mean.shape[2] * mean.shape[3])
+
+
+class _FirstImages:
+    """The first `n` images of a job order (jobs in order, each in stored order) from batches that arrive in any
+    order (workers, size buckets): per-image sums wait until the jobs before the cut are complete."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.sums: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = {}  # (job, index) -> sums
+        self.per_job: dict[int, int] = {}  # job -> images so far
+        self.complete_jobs: set[int] = set()
+
+    def add(self, job: int, indices: list[int], s1: np.ndarray, s2: np.ndarray, positions: int) -> None:
+        for row, index in enumerate(indices):
+            self.sums[(job, index)] = (s1[row], s2[row], positions)
+        self.per_job[job] = self.per_job.get(job, 0) + len(indices)
+
+    def job_done(self, job: int) -> bool:
+        """Mark `job` complete; whether the first n images are now known (jobs 0..j complete, n images)."""
+        self.complete_jobs.add(job)
+        total, j = 0, 0
+        while j in self.complete_jobs and total < self.n:
+            total, j = total + self.per_job.get(j, 0), j + 1
+        return total >= self.n
+
+    def into(self, moments: _Moments) -> None:
+        for key in sorted(self.sums)[: self.n]:
+            s1, s2, positions = self.sums[key]
+            moments.add_images(s1[None], s2[None], positions)
 
 
 def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_size: int = 64) -> LatentStats:
@@ -144,26 +187,32 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = 
                            resolution: int | None = None, precision: str = "fp32", channels_last: bool = False,
                            device: str | torch.device | None = None, workers: int = 2,
                            max_images: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LatentStats:
-    """Statistics of `model`'s latents of the images in `data` (encoded on the fly, nothing written),
-    center-cropped to `resolution` (default: the model's sample_size); the first `max_images` only if set."""
+    """Statistics of `model`'s latents of the images in `data` (encoded on the fly, nothing written), at their
+    native size (default: center-cropped to a multiple of the model's downsampling factor, as `latentae encode`
+    does) or center-cropped to `resolution`; the first `max_images` (files in order, each in stored order)
+    only if set."""
     if model.family != "kl":
         raise LatentaeError(f"latent statistics apply to KL autoencoders, not {type(model).__name__}")
     runtime = Runtime(model, device=device, precision=precision, channels_last=channels_last)
-    resolution = resolution or int(model.config.get("sample_size") or 256)
     jobs = plan_jobs(expand_sources(data), images_per_shard=1000)
     moments = _Moments()
-    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, max_pixels=max_pixels, workers=workers)
+    first = _FirstImages(max_images) if max_images is not None else None
+    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, multiple=model_downsample_factor(model),
+                        max_pixels=max_pixels, max_images=max_images, workers=workers)
     for batch in loader:
-        images = batch["image"]
-        if max_images is not None:
-            images = images[: max_images - moments.images]
-        if len(images):
+        if batch["items"]:
             with torch.inference_mode(), runtime.context():
-                posterior = model.posterior(runtime.inputs(images))
-                moments_np = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
-            moments.add_latents(moments_np, "both", of)
-        if max_images is not None and moments.images >= max_images:
+                posterior = model.posterior(runtime.inputs(batch["image"]))
+                stored = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
+            mean, second = _mean_second(stored, "both", of)
+            if first is None:
+                moments.add(mean, second)
+            else:
+                first.add(batch["job"], [item["index"] for item in batch["items"]], *_image_sums(mean, second))
+        if first is not None and batch["last"] and first.job_done(batch["job"]):
             break
+    if first is not None:
+        first.into(moments)
     if not moments.images:
         raise LatentaeError(f"no images could be read from {data}")
     return moments.result(of)

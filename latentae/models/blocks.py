@@ -35,3 +35,9 @@ def make_decoder(*, in_channels, out_channels, block_out_channels, layers_per_bl
 
 def downsample_factor(block_out_channels) -> int:
     return 2 ** (len(block_out_channels) - 1)
+
+
+def model_downsample_factor(model) -> int:
+    """Pixels per latent position along each side of a KLAutoencoder / VQTokenizer (8 for SD's VAE): native-size
+    images are cropped to a multiple of it."""
+    return downsample_factor(model.config["block_out_channels"])

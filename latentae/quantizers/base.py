@@ -32,6 +32,27 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     return t
 
 
+class _SumOverRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad * dist.get_world_size()
+
+
+def sum_over_ranks(t: Tensor) -> Tensor:
+    """Differentiable sum over ranks of `t`, for a statistic of the global batch that every rank's loss uses
+    alike (DDP data parallelism). Forward: one all-reduce, which every rank must call. Backward: world_size x
+    the incoming gradient, with no collective: that is what all-reducing the identical gradients of every
+    rank's loss would give, and after DDP averages gradients over ranks, each rank's rows get the gradient
+    of the global statistic. The identity single-process."""
+    return _SumOverRanks.apply(t) if is_distributed() else t
+
+
 def broadcast_from_rank0(t: Tensor) -> Tensor:
     """Rank 0's value on every rank. Every rank must call it with a tensor of the same shape."""
     t = t.contiguous()
@@ -79,7 +100,7 @@ def flatten_channels_last(z: Tensor) -> Tensor:
 def unflatten_channels_last(flat: Tensor, shape: torch.Size) -> Tensor:
     """[B*H*W, D] -> [B, D, H, W] for the spatial shape of `shape` ([B, *, H, W])."""
     b, _, h, w = shape
-    return flat.reshape(b, h, w, -1).movedim(-1, 1)
+    return flat.reshape(b, h, w, flat.shape[-1]).movedim(-1, 1)  # not -1: ambiguous for b = 0
 
 
 def code_distribution_stats(counts: Tensor) -> dict[str, Tensor]:
@@ -128,5 +149,15 @@ class Quantizer(nn.Module):
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def set_step(self, step: int) -> None:
-        """The run's optimizer step, for quantizers with schedules (the Gumbel temperature); else nothing."""
+    # False while a trainer runs the micro-batches of an optimizer step before its last (see set_step).
+    last_micro_batch: bool = True
+
+    def set_step(self, step: int, *, last_micro_batch: bool = True) -> None:
+        """Before each training forward, the trainer's optimizer step (for schedules: the Gumbel temperature)
+        and whether this forward is the step's last micro-batch under gradient accumulation (default: every
+        forward is a step). Codebook statistics (VQ's EMA and dead-code usage) are gathered over the step's
+        micro-batches and applied once, after its last: grad_accum micro-batches act as one batch of their
+        union, as the gradients do. Applies to this quantizer's inner quantizers too (residual stages)."""
+        for module in self.modules():
+            if isinstance(module, Quantizer):
+                module.last_micro_batch = last_micro_batch

@@ -1,8 +1,15 @@
 """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple").
 
-Each latent channel is squashed into a bounded interval and rounded to one of L_i integer levels; the code is
-the tuple of levels, so the implicit codebook is the grid of prod(levels) points and there is nothing to learn
-or collapse (no loss terms).
+Each latent channel is squashed into a bounded interval and rounded to one of L_i evenly spaced levels; the
+code is the tuple of levels, so the implicit codebook is the grid of prod(levels) points and there is nothing
+to learn or collapse (no loss terms).
+
+Levels are symmetric about 0 for every L: tanh(z) * (L - 1) / 2 is rounded to the integers -(L-1)/2 .. (L-1)/2
+for odd L and to the half-integers -(L-1)/2 .. (L-1)/2 for even L, so the decision boundaries mirror about
+z = 0 and an even L has no level at 0 (L = 2: the signs, split at z = 0). (The paper's reference bound instead
+shifts tanh's input so that z = 0 stays on level 0 for even L: that moves every boundary to one side, for
+L = 2 to z = -3.45, where 99.98% of N(0, 1) inputs fall on one level.) Codes are the levels over (L - 1) / 2,
+in [-1, 1].
 """
 from __future__ import annotations
 
@@ -24,10 +31,6 @@ from latentae.quantizers.base import (
     straight_through,
     unflatten_channels_last,
 )
-
-
-
-
 
 
 class FSQ(Quantizer):
@@ -61,20 +64,16 @@ class FSQ(Quantizer):
         basis = torch.cumprod(torch.tensor((1,) + levels[:-1], dtype=torch.long), 0)  # mixed radix
         self.register_buffer("basis", basis, persistent=False)
 
-    def _half_width(self) -> Tensor:
-        """Rounded values lie in [-half_width, L - 1 - half_width] (long)."""
-        return self.levels_t // 2
+    def _half_range(self) -> Tensor:
+        """(L - 1) / 2 per channel (fp32, exact): the outermost level; levels lie in [-half_range, half_range]."""
+        return (self.levels_t - 1).float() / 2
 
-    def _bound(self, z: Tensor) -> Tensor:
-        """fp32 z [N, len(levels)] -> values whose rounding has exactly L outcomes per channel."""
-        lv = self.levels_t.float()
-        # tanh spans +-half_range: a margin past the outermost level centres, so tanh < 1 still reaches them,
-        # but well under 1/2, so no extra level appears (for any L).
-        half_range = (lv - 1) / 2 + 1e-3
-        # Even L: shift the output down by 1/2 so rounding has exactly L outcomes (-L/2 .. L/2 - 1), and the
-        # input by the matching amount so that z = 0 still maps to 0.
+    def _levels_of(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """fp32 z [N, len(levels)] -> (bounded, level): bounded = tanh(z) * (L - 1) / 2 and the nearest of the L
+        levels to it (integers for odd L, half-integers for even L, exact in fp32)."""
+        bounded = torch.tanh(z) * self._half_range()
         offset = (self.levels_t % 2 == 0).float() / 2
-        return torch.tanh(z + torch.atanh(offset / half_range)) * half_range - offset
+        return bounded, torch.round(bounded - offset) + offset
 
     def _to_output(self, codes: Tensor, shape: torch.Size) -> Tensor:
         """[N, len(levels)] codes in [-1, 1] -> [B, dim, H, W]; shared by forward and indices_to_codes."""
@@ -83,10 +82,9 @@ class FSQ(Quantizer):
     def forward(self, z: Tensor) -> QuantizerOutput:
         check_input(z, self.dim)
         with full_precision(z):
-            bounded = self._bound(project(self.project_in, flatten_channels_last(z.float())))
-            rounded = torch.round(bounded)
-            codes = straight_through(rounded, bounded) / self._half_width()
-            digits = rounded.detach().long() + self._half_width()
+            bounded, level = self._levels_of(project(self.project_in, flatten_channels_last(z.float())))
+            codes = straight_through(level, bounded) / self._half_range()
+            digits = (level.detach() + self._half_range()).long()
             indices = (digits * self.basis).sum(-1)
             quantized = self._to_output(codes, z.shape).to(z.dtype)
         indices = indices.reshape(z.shape[0], z.shape[2], z.shape[3])
@@ -97,5 +95,5 @@ class FSQ(Quantizer):
         b, h, w = indices.shape
         with full_precision(indices):
             digits = (indices.reshape(-1, 1) // self.basis) % self.levels_t
-            codes = (digits - self._half_width()).float() / self._half_width()
+            codes = (digits.float() - self._half_range()) / self._half_range()
             return self._to_output(codes, torch.Size((b, len(self.levels), h, w)))

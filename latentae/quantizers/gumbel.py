@@ -89,8 +89,9 @@ class GumbelQuantizer(Quantizer):
         """fp32 code vectors [N, codebook_dim] of flat indices (a lookup, no matmul rounding)."""
         return F.embedding(indices, self.embed.weight.float())
 
-    def set_step(self, step: int) -> None:
+    def set_step(self, step: int, *, last_micro_batch: bool = True) -> None:
         """Anneal by optimizer steps (not forwards, which grad accumulation multiplies)."""
+        super().set_step(step, last_micro_batch=last_micro_batch)
         self.step.fill_(step)
 
     def forward(self, z: Tensor) -> QuantizerOutput:

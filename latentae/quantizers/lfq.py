@@ -23,12 +23,16 @@ from latentae.quantizers.base import (
     full_precision,
     project,
     straight_through,
+    sum_over_ranks,
     unflatten_channels_last,
 )
 
 
-def lfq_entropies(z: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def lfq_entropies(z: Tensor, temperature: float, *, across_ranks: bool = False) -> tuple[Tensor, Tensor]:
     """(mean per-sample entropy, entropy of the batch-mean code distribution), in nats, for z [N, bits].
+    across_ranks: the batch is the union of every rank's rows (one all-reduce, every rank must call it, also
+    with N = 0; single-process it changes nothing); otherwise this process's rows. A rank without rows has a
+    per-sample entropy of 0.
 
     The distribution over codes c in {-1, 1}^bits is softmax_c(-||z - c||^2 / T). Since ||c||^2 is the same
     for every code, the logit is 2 z.c / T + const = sum_i 2 z_i c_i / T: the distribution factorizes into
@@ -42,7 +46,7 @@ def lfq_entropies(z: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     logit = 4 * z / temperature  # log P(bit=+1) - log P(bit=-1)
     log_pos, log_neg = F.logsigmoid(logit), F.logsigmoid(-logit)
     p_pos, p_neg = log_pos.exp(), log_neg.exp()
-    per_sample = -(p_pos * log_pos + p_neg * log_neg).sum(-1).mean()
+    per_sample = -(p_pos * log_pos + p_neg * log_neg).sum() / max(z.shape[0], 1)
 
     def joint(start: int, stop: int) -> Tensor:
         """[N, 2**(stop-start)] probabilities of every pattern of bits start..stop-1 (column = pattern value)."""
@@ -52,7 +56,11 @@ def lfq_entropies(z: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
         return probs
 
     lo = z.shape[-1] // 2
-    mean_probs = joint(0, lo).T @ joint(lo, z.shape[-1]) / z.shape[0]
+    summed = joint(0, lo).T @ joint(lo, z.shape[-1])  # sum over rows of p_n(c)
+    summed = torch.cat([summed.flatten(), summed.new_tensor([z.shape[0]])])  # and the row count
+    if across_ranks:
+        summed = sum_over_ranks(summed)
+    mean_probs = summed[:-1] / summed[-1].clamp_min(1)
     codebook = -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
     return per_sample, codebook
 
@@ -62,9 +70,12 @@ class LFQ(Quantizer):
 
     loss = entropy_weight * (per_sample_entropy - diversity_gamma * codebook_entropy)
            + commitment_weight * mse(z, sg(code)),
-    reported as its three weighted terms (their sum is `QuantizerOutput.loss`). The codebook entropy is taken
-    over this rank's batch only (no differentiable all-reduce). Computes in fp32 (autocast off); `quantized`
-    comes back in z's dtype. indices_to_codes returns fp32, equal to forward's `quantized` once cast to its dtype.
+    reported as its three weighted terms (their sum is `QuantizerOutput.loss`). In training mode the codebook
+    entropy is that of the code distribution averaged over every rank's rows (a per-rank batch of 4096 rows
+    could not reach more than ln 4096 of a 2^18 codebook's ln 2^18): one all-reduce of codebook_size floats
+    per training forward, on every rank (see base.sum_over_ranks for its gradient); in eval mode, over this
+    rank's rows, with no collective. Computes in fp32 (autocast off); `quantized` comes back in z's dtype.
+    indices_to_codes returns fp32, equal to forward's `quantized` once cast to its dtype.
     """
 
     def __init__(
@@ -107,11 +118,12 @@ class LFQ(Quantizer):
             signs = torch.where(positive, 1.0, -1.0)
             quantized = self._to_output(straight_through(signs, h), z.shape).to(z.dtype)
             indices = (positive.long() * self.powers).sum(-1)
-            per_sample, codebook = lfq_entropies(h, self.temperature)
+            per_sample, codebook = lfq_entropies(h, self.temperature, across_ranks=self.training)
             losses = {
                 "entropy_per_sample": self.entropy_weight * per_sample,
                 "entropy_codebook": -self.entropy_weight * self.diversity_gamma * codebook,
-                "commitment": self.commitment_weight * F.mse_loss(h, signs),
+                # a mean that is 0, not NaN, over no rows (a rank may have none)
+                "commitment": self.commitment_weight * F.mse_loss(h, signs, reduction="sum") / max(h.numel(), 1),
             }
         indices = indices.reshape(z.shape[0], z.shape[2], z.shape[3])
         stats = self.usage.update(indices)

@@ -5,9 +5,14 @@ the codebook term is unweighted. (taming / LDM / diffusers' default "legacy" los
 instead.) The codebook is `embedding` (an `nn.Embedding`, the name diffusers' VQModel uses), so weights map 1:1.
 
 Distributed training: everything that synchronizes (EMA statistics, dead-code restart, k-means init) runs only
-in training mode and issues the same collectives on every rank whatever the data: counts are all-reduced every
-training forward, and whatever depends on them (how many codes to restart) is then identical on all ranks;
+in training mode and issues the same collectives on every rank whatever the data: counts are all-reduced at
+every codebook update, and whatever depends on them (how many codes to restart) is then identical on all ranks;
 random choices are made on rank 0 and broadcast.
+
+Gradient accumulation: the codebook is updated once per optimizer step (the EMA decay and the dead-code usage
+are per optimizer step), from the counts and sums of all its micro-batches, so the micro-batches act as one
+batch of their union and use one codebook, as without accumulation. The trainer marks each step's last
+micro-batch with `set_step(step, last_micro_batch=...)`; without it every training forward is a step.
 """
 from __future__ import annotations
 
@@ -62,10 +67,10 @@ class VectorQuantizer(Quantizer):
         beta: float = 0.25,  # weight of the commitment term (pulls the encoder output towards its code)
         l2_normalize: bool = False,  # unit-norm inputs and codes, i.e. cosine-similarity lookup (LlamaGen)
         ema_decay: float | None = None,  # None: codebook learned by gradient; a float: EMA updates, no gradient
-        dead_code_threshold: float = 0.0,  # restart codes whose decayed usage (per forward) falls below; 0: off
+        dead_code_threshold: float = 0.0,  # restart codes whose decayed usage (per update) falls below; 0: off
         kmeans_init: bool = False,  # initialize the codebook by k-means on the first training batch
         kmeans_iters: int = 10,  # Lloyd iterations of that k-means
-        usage_window: int = 100,  # training forwards over which usage is measured (stats and dead-code decay)
+        usage_window: int = 100,  # usage stats span this many training forwards, dead-code usage as many updates
     ):
         super().__init__()
         codebook_dim = dim if codebook_dim is None else codebook_dim
@@ -111,6 +116,9 @@ class VectorQuantizer(Quantizer):
             self.register_buffer("usage_count", torch.full((codebook_size,), float(dead_code_threshold)))
         if kmeans_init:
             self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # [codebook_size, 1 (+ codebook_dim)] counts (and sums) gathered from the micro-batches of an optimizer
+        # step before its last; empty between steps, where checkpoints are taken, so it is not saved.
+        self._pending: Tensor | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A codebook loaded without its training state (an exported model being fine-tuned) is already
@@ -170,22 +178,29 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def update_codebook(self, x: Tensor, indices: Tensor) -> None:
         """Training-time maintenance from this forward's rows `x` [N, codebook_dim] (as compared with codes) and
-        their `indices` [N]: EMA update, decayed usage counts, dead-code restart. One all-reduce per call on every
-        rank, then a broadcast only when (all-reduced, hence rank-independent) usage says codes are dead."""
+        their `indices` [N]: EMA update, decayed usage counts, dead-code restart, from the counts (and sums) of
+        every micro-batch of the optimizer step, on its last (restarts draw from the last one's rows). There,
+        one all-reduce on every rank, then a broadcast only when (all-reduced, hence rank-independent) usage says
+        codes are dead; before it, nothing is synchronized."""
         if (self.ema_decay is None and self.dead_code_threshold == 0) or not self.codebook_updates:
             return
         finite = torch.isfinite(x).all(dim=1)  # a non-finite row (fp16 overflow) must not poison the codebook
         x, indices = x[finite], indices[finite]
-        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        stats = torch.bincount(indices, minlength=self.codebook_size).float().unsqueeze(1)
         if self.ema_decay is not None:
             sums = torch.zeros(self.codebook_size, x.shape[1], device=x.device).index_add_(0, indices, x)
-            reduced = all_reduce_sum(torch.cat([counts.unsqueeze(1), sums], dim=1))
-            counts, sums = reduced[:, 0], reduced[:, 1:]
-            self._ema_update(counts, sums)
-        else:
-            counts = all_reduce_sum(counts)
+            stats = torch.cat([stats, sums], dim=1)
+        if self._pending is not None:
+            stats = self._pending + stats
+        if not self.last_micro_batch:
+            self._pending = stats
+            return
+        self._pending = None
+        stats = all_reduce_sum(stats)
+        if self.ema_decay is not None:
+            self._ema_update(stats[:, 0], stats[:, 1:])
         if self.dead_code_threshold > 0:
-            self._restart_dead_codes(x, counts)
+            self._restart_dead_codes(x, stats[:, 0])
 
     def _ema_update(self, counts: Tensor, sums: Tensor) -> None:
         d = self.ema_decay

@@ -10,6 +10,10 @@ from latentae.losses.config import LossConfig
 from latentae.models.config import ModelConfig
 
 
+# train.export_metric choices -> which way is better
+EXPORT_METRICS = {"psnr": "higher", "ssim": "higher", "lpips": "lower", "rfid": "lower"}
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 8  # per process and micro-batch; global batch = batch_size x processes x grad_accum
@@ -27,7 +31,8 @@ class TrainConfig:
     # SD KL-f8, see losses/config.py) does not clip: under reduction 'sum' norms are far above 1 every step.
     grad_clip: float | None = None
     disc_grad_clip: float | None = None
-    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; weights stay fp32 (fp16 adds loss scaling)
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; weights stay fp32 (fp16 adds loss
+    # scaling); auto: bf16 where it is faster on this machine / GPU, else fp32 (latentae.precision)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     gradient_checkpointing: bool = False
@@ -41,6 +46,11 @@ class TrainConfig:
     max_consecutive_nan: int = 5  # non-finite losses in a row that stop the run (each one is skipped)
     init_from: str | None = None  # fine-tune: any model latentae.load opens (diffusers dir, export, LDM file)
     trainable: list[str] = field(default_factory=lambda: ["all"])  # parameter-name prefixes, e.g. [decoder]
+    # OUTPUT_DIR/export holds: "last", the weights at max_steps; or "best", those of the validation with the best
+    # export_metric, written when it improves (needs data.val; no validation yet: the last weights). "last" by
+    # default: at scale the GAN phase lowers PSNR / SSIM while it sharpens, so "best by PSNR" would discard it
+    export: Literal["last", "best"] = "last"
+    export_metric: str = "psnr"  # export=best: one of EXPORT_METRICS, measured on data.val (in eval.metrics)
 
     def __post_init__(self):
         if self.trainable != ["all"] and not self.init_from:
@@ -50,6 +60,9 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"config key 'train.{name}' must be > 0 or null (no clipping), "
                                   f"got {getattr(self, name)}: 0 would zero every gradient")
+        if self.export_metric not in EXPORT_METRICS:
+            raise ConfigError(f"config key 'train.export_metric' must be one of {', '.join(EXPORT_METRICS)}, "
+                              f"got {self.export_metric!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(self, name)}")
@@ -75,3 +88,9 @@ class RunConfig:
 
     def __post_init__(self):
         self.model.sample_size = self.data.resolution  # diffusers' tiling tile size: the training resolution
+        if self.train.export == "best" and not self.data.val:
+            raise ConfigError("config key 'train.export=best' picks the export by validation: set data.val "
+                              "(held-out images), or train.export=last")
+        if self.train.export == "best" and self.train.export_metric not in self.eval.metrics:
+            raise ConfigError(f"config key 'train.export_metric={self.train.export_metric}' is not measured: add it "
+                              f"to eval.metrics (now {self.eval.metrics})")

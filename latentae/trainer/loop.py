@@ -12,6 +12,9 @@ Correctness choices (each has a test):
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -27,15 +30,20 @@ from latentae.models.config import config_of
 from latentae.quantizers.base import Quantizer
 from latentae.trainer import checkpoint
 from latentae.trainer.checkpoint import TrainState
-from latentae.trainer.config import RunConfig
+from latentae.trainer.config import EXPORT_METRICS, RunConfig
 from latentae.trainer.monitor import Monitor
 from latentae.trainer.optim import build_optimizers, disc_lr, lr_factor, select_trainable, set_lr
 
 
 def make_accelerator(cfg: RunConfig):
+    """The accelerator; resolves `train.mixed_precision: auto` in `cfg` (the saved config records the choice)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from latentae.precision import resolve_precision
+
+    cfg.train.mixed_precision = resolve_precision(cfg.train.mixed_precision, channels_last=cfg.train.channels_last,
+                                                  device="cuda" if torch.cuda.is_available() else "cpu")
     return Accelerator(
         mixed_precision={"fp32": "no"}.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
@@ -131,6 +139,7 @@ class Run:
             shown = self.resumed_from.relative_to(self.out) if self.resumed_from.is_relative_to(self.out) \
                 else self.resumed_from
             acc.print(f"resumed from {shown} at step {self.state.step} of {cfg.train.max_steps}")
+        self.best = self._exported_best() if self.resumed_from is not None else None  # train.export=best
         save_config(cfg, acc)
         acc.init_trackers("tensorboard")
 
@@ -150,7 +159,7 @@ class Run:
             # After the fetch: an in-process loader may draw from the global RNG differently after a resume.
             torch.manual_seed(step_seed(self.cfg.seed, acc.process_index, step * cfg.grad_accum + micro))
             for quantizer in self.quantizers:
-                quantizer.set_step(step)
+                quantizer.set_step(step, last_micro_batch=micro == cfg.grad_accum - 1)  # EMAs: once per step
             for reason, n in batch["skipped"].items():
                 self.state.samples_skipped[reason] = self.state.samples_skipped.get(reason, 0) + n
             images = batch["image"].to(acc.device, non_blocking=True)
@@ -245,7 +254,7 @@ class Run:
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.max_steps:
                 checkpoint.save(acc, self.out / "checkpoints", done, cfg.train.keep_checkpoints)
             if cfg.data.val and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.train.max_steps):
-                self.validate(done, monitor)
+                self.keep_if_best(done, self.validate(done, monitor))
         monitor.close()
         export_dir = self.export()
         acc.end_training()
@@ -283,16 +292,59 @@ class Run:
             self.ema.copy_to(model.parameters())
         return model
 
+    def keep_if_best(self, step: int, values: dict) -> None:
+        """train.export=best: export the model just validated when its train.export_metric beats the best so far
+        (an export per improvement, so a killed run keeps its best weights too). Same decision on every rank."""
+        cfg = self.cfg.train
+        if cfg.export != "best":
+            return
+        key = f"val/{cfg.export_metric}"
+        if key not in values:
+            raise LatentaeError(f"train.export=best ranks validations by {key}, which could not be measured at step "
+                                f"{step} (see the validation line above): pick another train.export_metric")
+        value = values[key]
+        higher = EXPORT_METRICS[cfg.export_metric] == "higher"
+        if self.best is None or (value > self.best["value"] if higher else value < self.best["value"]):
+            self.best = {"selected_by": key, "value": value, "step": step}
+            self._write_export(self.best)
+
+    def _exported_best(self) -> dict | None:
+        """On resume with train.export=best: the best validation so far, as its export recorded it."""
+        from latentae.exporting import SIDE_FILE
+
+        side = self.out / "export" / SIDE_FILE
+        if self.cfg.train.export != "best" or not side.is_file():
+            return None
+        best = json.loads(side.read_text())["metadata"]
+        return best if best.get("selected_by") == f"val/{self.cfg.train.export_metric}" else None
+
     def export(self) -> Path:
+        """OUTPUT_DIR/export: the final weights, or with train.export=best those of the best validation (written
+        by keep_if_best when it happened; the final weights when there was none)."""
+        if self.best is None:
+            self._write_export({"step": self.state.step})
+        else:
+            self.accelerator.print(f"export: the weights of step {self.best['step']}, the best "
+                                   f"{self.best['selected_by']} ({self.best['value']:.4g}; train.export=best)")
+        return self.out / "export"
+
+    def _write_export(self, selection: dict) -> None:
+        """Export the model (EMA weights when EMA is on) to OUTPUT_DIR/export, atomically (written aside, then
+        renamed): a kill leaves the previous export whole. `selection` (which step, why) goes to its metadata."""
         from latentae.exporting import export
 
-        target = self.out / "export"
+        target, tmp = self.out / "export", self.out / ".tmp-export"
         if self.accelerator.is_main_process:
-            export(self.export_model().eval(), target,
-                   metadata={"step": self.state.step, "ema": self.ema is not None, "run": str(self.out),
+            shutil.rmtree(tmp, ignore_errors=True)
+            model = self.export_model()
+            was_training = model.training
+            export(model.eval(), tmp,
+                   metadata={**selection, "ema": self.ema is not None, "run": str(self.out),
                              "samples_skipped": self.state.samples_skipped, "nan_skipped": self.state.nan_skipped})
+            model.train(was_training)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
         self.accelerator.wait_for_everyone()
-        return target
 
 
 def check_adaptive_weight(model, cfg: RunConfig) -> None:
