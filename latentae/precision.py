@@ -159,10 +159,12 @@ def _locked(path: Path):
     """Processes of one machine (ranks of a launch) measure one at a time; the others then read the cache."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: no lock
+
+        lock = open(path.with_name(path.name + ".lock"), "w")
+    except (ImportError, OSError):  # not POSIX, or a cache folder we cannot write: no lock
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -174,12 +176,9 @@ def cpu_measurement() -> tuple[dict, Path, bool]:
     """This machine's cached probe entry (measured now if missing or unreadable), the cache file, and whether
     it was measured by this call. A cache that cannot be written is reported once and the measurement used."""
     path, key = cache_path(), machine_key()
-    try:
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _locked(path)
-    except OSError:
-        lock = contextlib.nullcontext()
-    with lock:
+    with _locked(path):
         entries = _read(path)
         if _valid(entries.get(key)):
             return entries[key], path, False

@@ -3,8 +3,8 @@
 # benchmarks at 256 px (latentae's defaults against the plain fp32 loop: scripts/benchmark.py train / encode) and
 # `scripts/benchmark.py quality --budget gpu` cut to what fits (--only), each section capped so the whole run
 # ends in time. Writes OUT/gpu-check.md (the GPU by nvidia-smi, torch / CUDA versions, then each benchmark's
-# command and figures: paste it into BENCHMARKS.md), OUT/gpu-check.log (everything printed) and the quality
-# report (quality-report.md, quality-results.json, its PNG plots).
+# command and figures, the quality report included: paste it into BENCHMARKS.md), OUT/gpu-check.log (everything
+# printed), and the quality run's quality-results.json and PNG plots.
 #
 # On a lent GPU machine (the `device` tool; it has no internet and no ../shared). Here, once:
 #   echo /.gpu-data >> .git/info/exclude && ln -sfn ../shared/data .gpu-data   # the photos travel through the link

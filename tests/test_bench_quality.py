@@ -65,6 +65,9 @@ def test_findings_verdicts_follow_fixed_criteria():
         "kl-1": _final(**{**kl, "psnr": 15.0}, kl=0.1, active_channels=4),  # no channel collapsed
         "kl-1-free-bits": _final(**kl, kl=0.25, active_channels=4),
         "kl-1-cyclical": _final(**kl, kl=0.2, active_channels=4),
+        "kl-10": _final(**kl, kl=0.05, active_channels=4),  # no collapse at either weight: nothing to test
+        "kl-10-free-bits": _final(**kl, kl=0.25, active_channels=4),
+        "kl-10-cyclical": _final(**kl, kl=0.1, active_channels=4),
         "kl-1e-6-gan": _final(**{**kl, "hf_ratio": 0.8}, kl=5.0, active_channels=4),
     }
     rows = {line.split(" |")[0]: line for line in quality_report.findings_section(results)[2:]}
@@ -72,7 +75,12 @@ def test_findings_verdicts_follow_fixed_criteria():
     assert verdicts["LlamaGen codebook"].startswith("**partly** (fails: 8-d l2 reconstructs better")
     assert verdicts["FSQ usage"] == "**reproduced**"
     assert verdicts["KL weight trade-off"] == "**reproduced**"
-    assert verdicts["posterior collapse"].startswith("**not reproduced** (fails: the constant weight collapses")
+    assert verdicts["posterior collapse"].startswith("**not reproduced** (fails: a constant weight collapses")
+    results["kl-10"]["final"]["active_channels"] = 1  # collapse at weight 10: free bits keep more active, cycles not
+    results["kl-10-cyclical"]["final"]["active_channels"] = 1
+    rows = quality_report.findings_section(results)[2:]
+    collapse = next(row for row in rows if row.startswith("| posterior collapse"))
+    assert collapse.rsplit("|", 2)[1].strip() == "**partly** (fails: cyclical keeps more channels active at weight 10)"
     assert verdicts["adversarial term"] == "**reproduced**"
 
 

@@ -100,6 +100,18 @@ def test_corrupt_cache_is_measured_again(machine, damage):
     assert precision._valid(json.loads(machine.cache.read_text())[precision.machine_key()])
 
 
+def test_unwritable_cache_still_resolves(machine, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(precision.ENV_CACHE_DIR, str(tmp_path / "a-file" / "cache"))  # cannot be created
+    assert precision.auto_choice("cpu").precision == "bf16" and machine.calls == 1
+    assert "could not cache the precision measurement" in capsys.readouterr().err
+    monkeypatch.setenv(precision.ENV_CACHE_DIR, str(tmp_path / "locked"))
+    (tmp_path / "locked" / "precision.json.lock").mkdir(parents=True)  # the lock file cannot be opened (root
+    (tmp_path / "locked" / "precision.json").mkdir()  # ignores permissions, so a folder stands in its way)
+    assert precision.auto_choice("cpu").precision == "bf16" and machine.calls == 2
+    assert "could not cache the precision measurement" in capsys.readouterr().err
+
+
 def test_choice_is_printed_once_with_its_reason(machine, capsys):
     for _ in range(3):
         assert precision.resolve_precision("auto", device="cpu") == "bf16"

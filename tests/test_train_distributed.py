@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import free_port
 
@@ -25,6 +26,8 @@ def test_two_process_training(tmp_path, demo_images, norm):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    preset = yaml.safe_load((HERE.parent / "configs" / "tiny-kl.yaml").read_text())["train"]
+    lr, warmup_steps = preset["lr"], preset["warmup_steps"]
     for report in reports:
         assert report["world_size"] == 2
         for i, step in enumerate(report["steps"]):
@@ -33,6 +36,7 @@ def test_two_process_training(tmp_path, demo_images, norm):
             assert step["generator_stepped"] and step["discriminator_stepped"], f"step {i}: an optimizer idled"
             assert step["optimizer_steps"] == [i + 1, i + 1]
         lrs = [s["lr"] for s in report["steps"]]
-        assert lrs == pytest.approx([2.0e-4 * (i + 1) / 20 for i in range(3)])  # the configured lr's warm-up, not x2
+        warmup = [lr * (i + 1) / warmup_steps for i in range(3)]
+        assert lrs == pytest.approx(warmup)  # the configured lr's warm-up, not x2 for two processes
         assert report["resumed_step"] == 3 and report["resumed_identical"]
         assert report["checkpoint"] == "step-00000003"
