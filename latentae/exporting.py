@@ -1,9 +1,10 @@
 """Training model <-> diffusers modules, and `export(model, dir)`.
 
-KL models become `AutoencoderKL`; vector-quantizer tokenizers become `VQModel` with the quantizer's
-normalization and projections folded in (unit-norm codebook, projections composed into quant_conv /
-post_quant_conv), so tokens and decodes are identical. Quantizers `VQModel` cannot express (FSQ, LFQ, Gumbel,
-residual) are saved in latentae's own directory format: config.json + safetensors, loaded by `latentae.load`.
+KL models become `AutoencoderKL`; vector-quantizer tokenizers (vq, simvq) become `VQModel` with the quantizer's
+normalization and projections folded in (unit-norm codebook, SimVQ's W(C), projections composed into quant_conv /
+post_quant_conv), so tokens and decodes are identical; a SimVQ export re-imports as a plain `vq` tokenizer.
+Quantizers `VQModel` cannot express (IBQ, BSQ, FSQ, LFQ, Gumbel, residual) are saved in latentae's own directory format:
+config.json + safetensors, loaded by `latentae.load`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from latentae.errors import ModelFormatError
 from latentae.models import KLAutoencoder, VQTokenizer
 
 SIDE_FILE = "latentae.json"  # training-side facts diffusers' config.json must not carry (it warns on unknown keys)
+VQMODEL_KINDS = ("vq", "simvq")  # nearest-code lookup in one codebook: what VQModel's quantizer computes
 _DIFFUSERS_INTERNAL = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
 
@@ -77,7 +79,7 @@ def kl_from_diffusers(vae: AutoencoderKL) -> KLAutoencoder:
 # ---------------------------------------------------------------- VQ
 def vq_to_diffusers(model: VQTokenizer) -> VQModel:
     spec = model.config["quantizer"] or {"kind": "vq"}
-    if spec.get("kind") != "vq":
+    if spec.get("kind") not in VQMODEL_KINDS:
         raise ModelFormatError(f"a {spec.get('kind')!r} quantizer has no VQModel equivalent; "
                                "export writes latentae's own format for it")
     q = model.quantize
@@ -130,7 +132,7 @@ def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Pa
     model = copy.deepcopy(model).float() if model.dtype != torch.float32 else model  # never cast the caller's model
     side = {"family": model.family, "metadata": metadata or {}}
     spec = model.config.get("quantizer") or {}
-    if isinstance(model, KLAutoencoder) or spec.get("kind", "vq") == "vq":
+    if isinstance(model, KLAutoencoder) or spec.get("kind", "vq") in VQMODEL_KINDS:
         module = to_diffusers(model)
         side["format"] = type(module).__name__
         if isinstance(model, VQTokenizer):  # lookup options that shape tokens after re-import

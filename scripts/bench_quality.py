@@ -9,7 +9,8 @@ weight-free sharpness statistic (latentae.evaluation.sharpness). Groups of confi
   comparison   latentae at its defaults against the plain loop of the diffusers example script (diffusers
                AutoencoderKL, L1 + KL, AdamW with the script's defaults, fp32, no EMA), same architecture, initial
                weights, data and training minutes; ablation rows turn one latentae default off each
-  codebook     LlamaGen: l2-normalized 8-d codes against plain 256-d codes; FSQ against VQ of the same size
+  codebook     LlamaGen: l2-normalized 8-d codes against plain 256-d codes; FSQ against VQ of the same size;
+               the rotation trick, SimVQ, IBQ and BSQ against plain 256-d VQ of the same code count
   kl-weight    the KL weight trade-off (three weights)
   collapse     at high weights (1 and 10): free bits and cyclical annealing against the constant weight
   gan          adversarial term off vs on at equal steps (the off run is kl-1e-6)
@@ -144,6 +145,21 @@ CONFIGURATIONS = (
                    "model.quantizer.l2_normalize=true")),
     Configuration("fsq", "codebook", "vq", "FSQ levels {fsq_levels} = {fsq_size} codes, no auxiliary loss",
                   ("model.vq_embed_dim={fsq_dim}", "model.quantizer.kind=fsq", "model.quantizer.levels={fsq_levels}")),
+    # issue 13's quantizers, each at vq-256d's code width (where plain VQ collapses) and code count
+    Configuration("vq-256d-rotation", "codebook", "vq", "vq-256d with the rotation trick (Fifty et al. 2024) "
+                  "instead of the straight-through copy",
+                  ("model.vq_embed_dim=256", "model.quantizer.kind=vq", "model.quantizer.codebook_size={codebook_size}",
+                   "model.quantizer.grad_estimator=rotation")),
+    Configuration("simvq", "codebook", "vq", "SimVQ: {codebook_size} frozen random 256-d codes x one learned "
+                  "linear map (Zhu et al. 2024)",
+                  ("model.vq_embed_dim=256", "model.quantizer.kind=simvq",
+                   "model.quantizer.codebook_size={codebook_size}")),
+    Configuration("ibq", "codebook", "vq", "IBQ: {codebook_size} codes of 256-d, softmax straight-through "
+                  "(Shi et al. 2024)",
+                  ("model.vq_embed_dim=256", "model.quantizer.kind=ibq", "model.quantizer.codebook_size={codebook_size}")),
+    Configuration("bsq", "codebook", "vq", "BSQ: {codebook_size} codes = log2 bits on the sphere, projected "
+                  "from 256-d (Zhao et al. 2024)",
+                  ("model.vq_embed_dim=256", "model.quantizer.kind=bsq", "model.quantizer.codebook_size={codebook_size}")),
 )
 BY_NAME = {c.name: c for c in CONFIGURATIONS}
 

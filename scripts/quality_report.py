@@ -20,6 +20,18 @@ CLAIMS = {  # finding -> (title, configurations, published claim)
                                         "kl-10-cyclical"),
                  "at a high KL weight, free bits (Kingma et al. 2016) and cyclical annealing (Fu et al. 2019) keep "
                  "more latent channels active than a constant weight"),
+    "rotation": ("rotation trick", ("vq-256d-rotation", "vq-256d"),
+                 "Fifty et al. 2024: the rotation trick instead of the straight-through copy raises codebook usage "
+                 "and lowers reconstruction error of the same VQ"),
+    "simvq": ("SimVQ", ("simvq", "vq-256d"),
+              "Zhu et al. 2024 (SimVQ): a frozen random codebook times one learned linear map uses nearly every code "
+              "where plain VQ collapses, and reconstructs better"),
+    "ibq": ("IBQ", ("ibq", "vq-256d"),
+            "Shi et al. 2024 (IBQ): index backpropagation gives every code gradient, so high-dimensional codebooks "
+            "keep high usage (where VQ collapses) and reconstruct better"),
+    "bsq": ("BSQ", ("bsq", "vq-256d"),
+            "Zhao et al. 2024 (BSQ): binary codes on the sphere with a factorized entropy term use the implicit "
+            "codebook fully and reconstruct at least as well as VQ of the same size"),
     "gan": ("adversarial term", ("kl-1e-6", "kl-1e-6-gan"),
             "Esser et al. 2021 (VQGAN), Rombach et al. 2022: a patch-based adversarial loss gives sharper "
             "reconstructions than pixel losses alone, at a small PSNR cost"),
@@ -97,7 +109,20 @@ def measure_gan(r: dict) -> tuple[str, list]:
     return text, [("sharper with the GAN (higher HF ratio)", on["hf_ratio"] > off["hf_ratio"])]
 
 
-MEASURES = {"codebook-dim": measure_codebook_dim, "fsq": measure_fsq, "kl-weight": measure_kl_weight,
+def measure_against_vq(name: str):
+    """A quantizer of issue 13 against plain 256-d VQ of the same code count: more codes used, PSNR not lower."""
+    def measure(r: dict) -> tuple[str, list]:
+        q, v = final(r, name), final(r, "vq-256d")
+        text = (f"{name}: usage {q['codebook_usage']:.1%}, PSNR {q['psnr']:.2f} dB; VQ 256-d: usage "
+                f"{v['codebook_usage']:.1%}, PSNR {v['psnr']:.2f} dB")
+        return text, [(f"{name} uses more codes than VQ 256-d", q["codebook_usage"] > v["codebook_usage"]),
+                      (f"{name} reconstructs at least as well (PSNR)", q["psnr"] >= v["psnr"])]
+    return measure
+
+
+MEASURES = {"rotation": measure_against_vq("vq-256d-rotation"), "simvq": measure_against_vq("simvq"),
+            "ibq": measure_against_vq("ibq"), "bsq": measure_against_vq("bsq"),
+            "codebook-dim": measure_codebook_dim, "fsq": measure_fsq, "kl-weight": measure_kl_weight,
             "collapse": measure_collapse, "gan": measure_gan}
 
 

@@ -12,17 +12,22 @@ import yaml
 from conftest import free_port
 
 HERE = Path(__file__).resolve().parent
+REGULARIZERS = ["loss.equivariance.weight=1", "loss.equivariance.p=1", "loss.scale_equivariance.weight=0.5",
+                "loss.latent_noise.weight=0.5"]
 
 
 @pytest.mark.slow
 # batch: the G pass's cat([real, fake]) on copies of D's buffers must backprop under DDP (whose forward
 # re-broadcasts the buffers). Per-rank running statistics may differ: D always runs in train mode, unused.
-@pytest.mark.parametrize("norm", ["group", "batch"])
-def test_two_process_training(tmp_path, demo_images, norm):
+# regularizers: the latent regularizers decode again through the plain module, outside the DDP wrapper, between
+# its forward and the same backward; ranks (different data, different random transforms) must stay identical.
+@pytest.mark.parametrize("norm, extra", [("group", []), ("batch", []), ("group", REGULARIZERS)],
+                         ids=["group", "batch", "regularizers"])
+def test_two_process_training(tmp_path, demo_images, norm, extra):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(HERE / "dist_train_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path),
-           f"loss.disc.norm={norm}"]
+           f"loss.disc.norm={norm}", *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

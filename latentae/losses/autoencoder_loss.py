@@ -4,6 +4,9 @@ Generator (mode="generator"):
   total = pixel_weight * rec + perceptual_weight * lpips          (the "reconstruction" part)
         + kl.weight(step) * kl            (KL family)  |  + sum(quant.losses)   (VQ family, already weighted)
         + adaptive_weight * g_adv         (from disc.start on)
+        + sum(weight * term) of the latent regularizers that are on (equivariance, scale_equivariance,
+          latent_noise: latentae/losses/equivariance.py, latent_noise.py), each the same pixel + perceptual
+          reconstruction loss of a transformed / noised latent decoded again
   with adaptive_weight = disc.weight * clamp(|grad rec| / |grad g_adv|, 0, disc.adaptive_max) at the decoder's
   last layer when disc.adaptive, else disc.weight.
 Discriminator (mode="discriminator"), from disc.start - disc.warmup_steps on:
@@ -12,7 +15,8 @@ Discriminator (mode="discriminator"), from disc.start - disc.warmup_steps on:
 Everything is computed in fp32 with autocast off (the model may run under bf16 autocast). Logged loss terms
 are the terms before their weight, in the configured reduction; the weights are logged beside them
 (`kl/weight`, `adaptive_weight`: the weight actually applied to `loss/g_adv`, also when it is fixed), so
-`loss/total` is their weighted sum. Keys carry no `train/` prefix.
+`loss/total` is their weighted sum. Keys carry no `train/` prefix. A regularizer logs `loss/<name>` on the steps
+it is computed (EQ-VAE's only with probability p).
 
 Distributed use: keep this module (and its LPIPS) out of `accelerator.prepare`; prepare only
 `loss.discriminator` and hand the wrapper back with `set_prepared_discriminator`, so the discriminator update
@@ -29,6 +33,7 @@ as they were by the generator pass, so only D's own step advances them. The gene
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,12 +42,18 @@ from latentae.config import ConfigError
 from latentae.losses.adaptive import adaptive_weight
 from latentae.losses.config import LossConfig
 from latentae.losses.discriminator import NLayerDiscriminator
+from latentae.losses.equivariance import (equivariance_loss, scale_equivariance_loss, strongest_downscaling,
+                                          transformed_sizes)
 from latentae.losses.gan import LeCAMAnchors, discriminator_loss, generator_loss, lecam_penalty, r1_penalty
 from latentae.losses.kl import active_channels, kl_per_channel, kl_term, kl_weight
-from latentae.losses.perceptual import PerceptualLoss
+from latentae.losses.latent_noise import latent_noise_loss
+from latentae.losses.perceptual import MIN_SIZE, PerceptualLoss
 from latentae.losses.pixel import pixel_loss, reduce_elements
 
 IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
+# LossConfig section (also the log key loss/<name>) -> term(reconstruction, decode, latent, images, cfg)
+REGULARIZERS = {"equivariance": equivariance_loss, "scale_equivariance": scale_equivariance_loss,
+                "latent_noise": latent_noise_loss}
 
 
 @contextmanager
@@ -66,7 +77,8 @@ def without_buffer_updates(module: nn.Module, x: Tensor) -> Tensor:
 
 
 class AutoencoderLoss(nn.Module):
-    """loss(images, reconstruction, *, step, mode, posterior=None, quant=None, last_layer=None) -> (total, logs).
+    """loss(images, reconstruction, *, step, mode, posterior=None, quant=None, last_layer=None, latent=None,
+    decode=None) -> (total, logs). `latent` and `decode` are needed when a latent regularizer is on.
 
     Owns `discriminator` (train it with its own optimizer) and `perceptual` (frozen LPIPS; None when
     perceptual_weight is 0). `lecam` holds LeCAM's logit EMAs (None when LeCAM is off); checkpoint it with the
@@ -112,29 +124,27 @@ class AutoencoderLoss(nn.Module):
         posterior=None,  # KL family, generator mode: GaussianPosterior (mean, kl_per_channel())
         quant=None,  # VQ family, generator mode: QuantizerOutput (losses already weighted, stats)
         last_layer: Tensor | None = None,  # decoder's last weight, for the adaptive weight
+        latent: Tensor | None = None,  # generator mode, latent regularizers: the latent that was decoded
+        decode: Callable[[Tensor], Tensor] | None = None,  # ... and the decoder (latent -> image), run again on it
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         with torch.autocast(device_type=images.device.type, enabled=False):
             if mode == "generator":
-                return self._generator(images.float(), reconstruction.float(), step, posterior, quant, last_layer)
+                return self._generator(images.float(), reconstruction.float(), step, posterior, quant, last_layer,
+                                       latent, decode)
             if mode == "discriminator":
                 return self._discriminator(images.detach().float(), reconstruction.detach().float(), step)
         raise ValueError(f"mode must be 'generator' or 'discriminator', got {mode!r}")
 
     # generator ---------------------------------------------------------------------------------------------
 
-    def _generator(self, images, rec, step, posterior, quant, last_layer):
+    def _generator(self, images, rec, step, posterior, quant, last_layer, latent, decode):
         cfg = self.cfg
         logs: dict[str, Tensor | float] = {}
-        rec_loss = pixel_loss(images, rec, kind=cfg.pixel_loss, reduction=cfg.reduction)
-        logs["loss/rec"] = rec_loss.detach()
-        reconstruction = cfg.pixel_weight * rec_loss
-        if self.perceptual is not None:
-            per_image = self.perceptual(images, rec)
-            # As if each image's LPIPS were added to every pixel element (LDM), then reduced like the pixel loss.
-            perceptual = reduce_elements(per_image[:, None, None, None].expand_as(images), cfg.reduction)
-            logs["loss/perceptual"] = perceptual.detach()
-            reconstruction = reconstruction + cfg.perceptual_weight * perceptual
+        reconstruction = self._reconstruction(images, rec, logs)
         total = reconstruction + self._bottleneck(step, posterior, quant, logs)
+        regularizers = self._regularizers(images, latent, decode, logs)
+        if regularizers is not None:
+            total = total + regularizers
 
         if self.generator_adversarial_active(step):
             with frozen(self.discriminator):  # D's .grad stays empty; gradients still reach `rec`
@@ -147,6 +157,55 @@ class AutoencoderLoss(nn.Module):
             logs["disc/g_logits_fake"] = logits_fake.detach().mean()
         logs["loss/total"] = total.detach()
         return total, logs
+
+    def _reconstruction(self, images: Tensor, rec: Tensor, logs: dict | None = None) -> Tensor:
+        """pixel_weight * pixel loss + perceptual_weight * LPIPS: the main reconstruction's loss and the one every
+        latent regularizer applies to its own decoded images. Logs its terms into `logs` when given."""
+        cfg = self.cfg
+        rec_loss = pixel_loss(images, rec, kind=cfg.pixel_loss, reduction=cfg.reduction)
+        if logs is not None:
+            logs["loss/rec"] = rec_loss.detach()
+        reconstruction = cfg.pixel_weight * rec_loss
+        if self.perceptual is not None:
+            per_image = self.perceptual(images, rec)
+            # As if each image's LPIPS were added to every pixel element (LDM), then reduced like the pixel loss.
+            perceptual = reduce_elements(per_image[:, None, None, None].expand_as(images), cfg.reduction)
+            if logs is not None:
+                logs["loss/perceptual"] = perceptual.detach()
+            reconstruction = reconstruction + cfg.perceptual_weight * perceptual
+        return reconstruction
+
+    def _regularizers(self, images, latent, decode, logs) -> Tensor | None:
+        """The weighted sum of the latent regularizers that are on (None when all are off: no extra work, no
+        random draws); each logs its unweighted term as `loss/<name>` when computed."""
+        active = [(name, getattr(self.cfg, name)) for name in REGULARIZERS if getattr(self.cfg, name).weight > 0]
+        if not active:
+            return None
+        if latent is None or decode is None:
+            raise ValueError(f"loss.{active[0][0]} needs latent= (the decoded latent) and decode= (the decoder)")
+        self._check_perceptual_size(latent, images)
+        total = None
+        for name, cfg in active:
+            term = REGULARIZERS[name](self._reconstruction, decode, latent, images, cfg)
+            if term is None:  # not drawn for this batch
+                continue
+            logs[f"loss/{name}"] = term.detach()
+            total = cfg.weight * term if total is None else total + cfg.weight * term
+        return total
+
+    def _check_perceptual_size(self, latent: Tensor, images: Tensor) -> None:
+        """The most downscaled images the equivariance terms can produce must still fit LPIPS' trunk (checked
+        every step, so the first step fails, not the one that happens to draw the smallest scale)."""
+        if self.perceptual is None:
+            return
+        net = self.cfg.perceptual_net
+        for key, scale in strongest_downscaling(self.cfg):
+            _, size = transformed_sizes(tuple(latent.shape[-2:]), tuple(images.shape[-2:]), scale)
+            if min(size) < MIN_SIZE[net]:
+                raise ConfigError(f"config key '{key}': downscaling by {scale:g} turns {images.shape[-2]}x"
+                                  f"{images.shape[-1]} images into {size[0]}x{size[1]}, smaller than LPIPS-{net} "
+                                  f"takes ({MIN_SIZE[net]} px): use a milder scale, larger images, or "
+                                  f"loss.perceptual_weight=0")
 
     def _logits_as_in_disc_step(self, images: Tensor, rec: Tensor) -> Tensor:
         """D's logits for `rec`, from the batch composition of D's own step when D normalizes over the batch."""

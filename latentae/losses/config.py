@@ -78,6 +78,59 @@ class DiscConfig:
 
 
 @dataclass
+class EquivarianceConfig:
+    """EQ-VAE (Kouzelis et al. 2025); see latentae/losses/equivariance.py. Defaults are the paper's code's."""
+    weight: float = 0.0  # 0 = off; the term is added to the loss (EQ-VAE's balance at p=0.5: weight 2, see README)
+    p: float = 0.5  # probability per batch that the term is computed (EQ-VAE's p_prior)
+    scales: tuple[float, ...] = tuple(k / 32 for k in range(8, 32))  # downscale factor, one drawn per batch
+    rotations: tuple[int, ...] = (1, 2, 3)  # quarter turns, one drawn per batch (0 = no rotation)
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ConfigError(f"config key 'loss.equivariance.weight' must be >= 0, got {self.weight}")
+        if not 0 <= self.p <= 1:
+            raise ConfigError(f"config key 'loss.equivariance.p' must be in [0, 1], got {self.p}")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ConfigError(f"config key 'loss.equivariance.scales' must be a non-empty list of factors in (0, 1], "
+                              f"got {list(self.scales)}")
+        if not self.rotations or not all(k in (0, 1, 2, 3) for k in self.rotations):
+            raise ConfigError(f"config key 'loss.equivariance.rotations' must be a non-empty list of quarter turns "
+                              f"from 0, 1, 2, 3, got {list(self.rotations)}")
+
+
+@dataclass
+class ScaleEquivarianceConfig:
+    """Scale equivariance (Skorokhodov et al. 2025); see latentae/losses/equivariance.py."""
+    weight: float = 0.0  # 0 = off
+    factors: tuple[int, ...] = (2, 4)  # downsampling factors; the term is the mean over all of them
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ConfigError(f"config key 'loss.scale_equivariance.weight' must be >= 0, got {self.weight}")
+        if not self.factors or not all(f >= 2 for f in self.factors):
+            raise ConfigError(f"config key 'loss.scale_equivariance.factors' must be a non-empty list of integers "
+                              f">= 2, got {list(self.factors)}")
+
+
+@dataclass
+class LatentNoiseConfig:
+    """Noise-robust decoding (l-DeTok, Yang et al. 2025); see latentae/losses/latent_noise.py."""
+    weight: float = 0.0  # 0 = off
+    gamma: float = 3.0  # noise scale: z' = (1 - t) z + t * gamma * eps (l-DeTok's gamma)
+    t_min: float = 0.0  # t is drawn per sample, uniform in [t_min, t_max] (l-DeTok: [0, 1])
+    t_max: float = 1.0
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ConfigError(f"config key 'loss.latent_noise.weight' must be >= 0, got {self.weight}")
+        if self.gamma <= 0:
+            raise ConfigError(f"config key 'loss.latent_noise.gamma' must be > 0, got {self.gamma}")
+        if not 0 <= self.t_min <= self.t_max <= 1:
+            raise ConfigError(f"config keys 'loss.latent_noise.t_min' and 't_max' need 0 <= t_min <= t_max <= 1, "
+                              f"got {self.t_min} and {self.t_max}")
+
+
+@dataclass
 class LossConfig:
     pixel_loss: Literal["l1", "l2"] = "l1"  # SD KL-f8: l1; LlamaGen VQ: l2
     pixel_weight: float = 1.0
@@ -88,6 +141,10 @@ class LossConfig:
     perceptual_random_init: bool = False  # random LPIPS trunk: tests and smoke runs without weight files
     kl: KLConfig = field(default_factory=KLConfig)  # KL family only
     disc: DiscConfig = field(default_factory=DiscConfig)
+    # Latent-space regularizers for diffusability (off by default; latentae/losses/equivariance.py, latent_noise.py)
+    equivariance: EquivarianceConfig = field(default_factory=EquivarianceConfig)
+    scale_equivariance: ScaleEquivarianceConfig = field(default_factory=ScaleEquivarianceConfig)
+    latent_noise: LatentNoiseConfig = field(default_factory=LatentNoiseConfig)
 
     def __post_init__(self):
         for name in ("pixel_weight", "perceptual_weight"):

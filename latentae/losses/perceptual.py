@@ -19,6 +19,9 @@ from latentae.errors import ModelFormatError
 from latentae.weights import resolve
 
 TRUNK_WEIGHTS = {"vgg": "vgg16", "alex": "alexnet"}  # LPIPS net -> latentae.weights registry name
+# Smallest image side each trunk takes (measured: below it a pooling layer has no output). The latent
+# regularizers decode downscaled images: latentae/losses/autoencoder_loss.py checks them against this.
+MIN_SIZE = {"vgg": 16, "alex": 31}
 
 
 def load_trunk(trunk: nn.Module, path: Path) -> None:

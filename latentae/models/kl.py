@@ -67,7 +67,7 @@ class KLAutoencoder(ModelMixin, ConfigMixin):
                 generator: torch.Generator | None = None) -> AutoencoderOutput:
         posterior = self.posterior(images)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return AutoencoderOutput(reconstruction=self.decode(z), posterior=posterior)
+        return AutoencoderOutput(reconstruction=self.decode(z), posterior=posterior, latent=z)
 
     def last_layer(self) -> nn.Parameter:
         """The decoder's output weight: the adaptive GAN weight compares gradient norms here."""

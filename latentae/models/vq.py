@@ -1,4 +1,4 @@
-"""VQ tokenizer: the same encoder/decoder around a swappable quantizer (VQ, FSQ, LFQ, Gumbel, residual)."""
+"""VQ tokenizer: the same encoder/decoder around a swappable quantizer (VQ, SimVQ, IBQ, BSQ, FSQ, LFQ, Gumbel, residual)."""
 from __future__ import annotations
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -61,7 +61,7 @@ class VQTokenizer(ModelMixin, ConfigMixin):
 
     def forward(self, images: Tensor) -> AutoencoderOutput:
         quant = self._quantize(images)
-        return AutoencoderOutput(reconstruction=self.decode(quant.quantized), quant=quant)
+        return AutoencoderOutput(reconstruction=self.decode(quant.quantized), quant=quant, latent=quant.quantized)
 
     def last_layer(self) -> nn.Parameter:
         return self.decoder.conv_out.weight

@@ -16,8 +16,11 @@ from latentae.quantizers.base import QuantizerOutput, Quantizer
 # kind -> (module, class); imported on use so one quantizer's import cost is not everyone's.
 KINDS = {
     "vq": ("latentae.quantizers.vector", "VectorQuantizer"),
+    "simvq": ("latentae.quantizers.simvq", "SimVQ"),
     "fsq": ("latentae.quantizers.fsq", "FSQ"),
     "lfq": ("latentae.quantizers.lfq", "LFQ"),
+    "ibq": ("latentae.quantizers.ibq", "IBQ"),
+    "bsq": ("latentae.quantizers.bsq", "BSQ"),
     "gumbel": ("latentae.quantizers.gumbel", "GumbelQuantizer"),
     "residual": ("latentae.quantizers.residual", "ResidualVQ"),
 }

@@ -28,11 +28,32 @@ from latentae.quantizers.base import (
 )
 
 
-def lfq_entropies(z: Tensor, temperature: float, *, across_ranks: bool = False) -> tuple[Tensor, Tensor]:
+def codebook_bits(codebook_size: int, quantizer: str) -> int:
+    """log2(codebook_size) for a quantizer whose codes are bit patterns; ConfigError unless a power of 2 >= 2."""
+    if codebook_size < 2 or codebook_size & (codebook_size - 1):
+        raise ConfigError(f"option 'codebook_size': {quantizer} needs a power of 2 >= 2, got {codebook_size}")
+    return int(math.log2(codebook_size))
+
+
+def bits_to_indices(positive: Tensor) -> Tensor:
+    """[N, bits] bool (bit on) -> [N] int64 token: bit i of the token is channel i."""
+    powers = 2 ** torch.arange(positive.shape[-1], device=positive.device)
+    return (positive.long() * powers).sum(-1)
+
+
+def indices_to_signs(indices: Tensor, bits: int) -> Tensor:
+    """Inverse of bits_to_indices: [N] int64 -> [N, bits] fp32 in {-1, 1}."""
+    powers = 2 ** torch.arange(bits, device=indices.device)
+    return torch.where((indices.reshape(-1, 1) & powers) != 0, 1.0, -1.0)
+
+
+def lfq_entropies(z: Tensor, temperature: float, *, across_ranks: bool = False,
+                  factorized: bool = False) -> tuple[Tensor, Tensor]:
     """(mean per-sample entropy, entropy of the batch-mean code distribution), in nats, for z [N, bits].
     across_ranks: the batch is the union of every rank's rows (one all-reduce, every rank must call it, also
     with N = 0; single-process it changes nothing); otherwise this process's rows. A rank without rows has a
-    per-sample entropy of 0.
+    per-sample entropy of 0. factorized: the codebook entropy is the sum over bits of the entropy of each bit's
+    batch-mean distribution (BSQ's estimate; an upper bound of the exact one, O(N * bits) memory and FLOPs).
 
     The distribution over codes c in {-1, 1}^bits is softmax_c(-||z - c||^2 / T). Since ||c||^2 is the same
     for every code, the logit is 2 z.c / T + const = sum_i 2 z_i c_i / T: the distribution factorizes into
@@ -55,14 +76,31 @@ def lfq_entropies(z: Tensor, temperature: float, *, across_ranks: bool = False) 
             probs = torch.cat([probs * p_neg[:, i : i + 1], probs * p_pos[:, i : i + 1]], dim=1)
         return probs
 
-    lo = z.shape[-1] // 2
-    summed = joint(0, lo).T @ joint(lo, z.shape[-1])  # sum over rows of p_n(c)
-    summed = torch.cat([summed.flatten(), summed.new_tensor([z.shape[0]])])  # and the row count
+    if factorized:  # per-bit sums over rows of P(off) and P(on): the entropy below is then the per-bit sum
+        summed = torch.cat([p_neg.sum(0), p_pos.sum(0)])
+    else:
+        lo = z.shape[-1] // 2
+        summed = joint(0, lo).T @ joint(lo, z.shape[-1])  # sum over rows of p_n(c)
+    return per_sample, mean_distribution_entropy(summed, z.shape[0], across_ranks=across_ranks)
+
+
+def mean_distribution_entropy(summed: Tensor, rows: int, *, across_ranks: bool) -> Tensor:
+    """Entropy (nats) of the batch-mean distribution, from `summed` = the sum of this rank's `rows` rows'
+    probabilities. across_ranks: the batch is every rank's rows (one all-reduce of summed.numel() + 1 floats;
+    every rank must call it, also with rows = 0; see base.sum_over_ranks for its gradient)."""
+    summed = torch.cat([summed.flatten(), summed.new_tensor([rows])])  # and the row count
     if across_ranks:
         summed = sum_over_ranks(summed)
     mean_probs = summed[:-1] / summed[-1].clamp_min(1)
-    codebook = -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
-    return per_sample, codebook
+    return -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
+
+
+def entropy_stats(usage: UsageTracker, indices: Tensor, per_sample: Tensor, codebook: Tensor) -> dict[str, Tensor]:
+    """What the entropy-regularized quantizers (LFQ, BSQ, IBQ) log: usage of `indices` and both entropies."""
+    stats = usage.update(indices)
+    stats["per_sample_entropy"] = per_sample.detach()
+    stats["codebook_entropy"] = codebook.detach()
+    return stats
 
 
 class LFQ(Quantizer):
@@ -90,13 +128,12 @@ class LFQ(Quantizer):
         usage_window: int = 100,  # training forwards a code counts as "used" after it was last chosen
     ):
         super().__init__()
-        if codebook_size < 2 or codebook_size & (codebook_size - 1):
-            raise ConfigError(f"option 'codebook_size': LFQ needs a power of 2 >= 2, got {codebook_size}")
+        bits = codebook_bits(codebook_size, "LFQ")
         if temperature <= 0:
             raise ConfigError(f"option 'temperature': must be > 0, got {temperature}")
         self.dim = dim
         self.codebook_size = codebook_size
-        self.bits = int(math.log2(codebook_size))
+        self.bits = bits
         self.entropy_weight = entropy_weight
         self.commitment_weight = commitment_weight
         self.diversity_gamma = diversity_gamma
@@ -104,7 +141,6 @@ class LFQ(Quantizer):
         self.project_in = nn.Linear(dim, self.bits) if dim != self.bits else None
         self.project_out = nn.Linear(self.bits, dim) if dim != self.bits else None
         self.usage = UsageTracker(codebook_size, usage_window)
-        self.register_buffer("powers", 2 ** torch.arange(self.bits, dtype=torch.long), persistent=False)
 
     def _to_output(self, codes: Tensor, shape: torch.Size) -> Tensor:
         """[N, bits] codes in {-1, 1} -> [B, dim, H, W]; shared by forward and indices_to_codes."""
@@ -117,7 +153,7 @@ class LFQ(Quantizer):
             positive = h.detach() > 0
             signs = torch.where(positive, 1.0, -1.0)
             quantized = self._to_output(straight_through(signs, h), z.shape).to(z.dtype)
-            indices = (positive.long() * self.powers).sum(-1)
+            indices = bits_to_indices(positive)
             per_sample, codebook = lfq_entropies(h, self.temperature, across_ranks=self.training)
             losses = {
                 "entropy_per_sample": self.entropy_weight * per_sample,
@@ -126,14 +162,11 @@ class LFQ(Quantizer):
                 "commitment": self.commitment_weight * F.mse_loss(h, signs, reduction="sum") / max(h.numel(), 1),
             }
         indices = indices.reshape(z.shape[0], z.shape[2], z.shape[3])
-        stats = self.usage.update(indices)
-        stats["per_sample_entropy"] = per_sample.detach()
-        stats["codebook_entropy"] = codebook.detach()
-        return QuantizerOutput(quantized, indices, losses, stats)
+        return QuantizerOutput(quantized, indices, losses, entropy_stats(self.usage, indices, per_sample, codebook))
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         check_indices(indices)
         b, h, w = indices.shape
         with full_precision(indices):
-            codes = torch.where((indices.reshape(-1, 1) & self.powers) != 0, 1.0, -1.0)
+            codes = indices_to_signs(indices, self.bits)
             return self._to_output(codes, torch.Size((b, self.bits, h, w)))

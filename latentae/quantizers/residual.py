@@ -42,6 +42,9 @@ class ResidualVQ(Quantizer):
         if vq_options.get("l2_normalize"):
             raise ConfigError("quantizer option 'l2_normalize' is not supported by the residual quantizer: "
                               "unit-norm stage codes cannot add up to residuals that shrink stage after stage")
+        if vq_options.get("grad_estimator", "ste") != "ste":
+            raise ConfigError("quantizer option 'grad_estimator' is not supported by the residual quantizer: "
+                              "its one straight-through gradient covers the sum of the stage codes")
         codebook_dim = dim if codebook_dim is None else codebook_dim
         self.dim = dim
         self.codebook_dim = codebook_dim

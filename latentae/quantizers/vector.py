@@ -9,12 +9,19 @@ in training mode and issues the same collectives on every rank whatever the data
 every codebook update, and whatever depends on them (how many codes to restart) is then identical on all ranks;
 random choices are made on rank 0 and broadcast.
 
+Gradient estimator (`grad_estimator`): "ste" copies the gradient of the code to the encoder output unchanged
+(straight-through); "rotation" is the rotation trick of Fifty et al. 2024 ("Restructuring Vector Quantization
+with the Rotation Trick", arXiv 2410.06424; github.com/cfifty/rotation_trick): the gradient passes through the
+rotation + rescaling that maps the encoder output onto its code, held constant (see `rotation_trick`).
+
 Gradient accumulation: the codebook is updated once per optimizer step (the EMA decay and the dead-code usage
 are per optimizer step), from the counts and sums of all its micro-batches, so the micro-batches act as one
 batch of their union and use one codebook, as without accumulation. The trainer marks each step's last
 micro-batch with `set_step(step, last_micro_batch=...)`; without it every training forward is a step.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -41,10 +48,33 @@ from latentae.quantizers.kmeans import kmeans
 LAPLACE_EPS = 1e-5  # additive smoothing of EMA cluster sizes: a code nobody picks is never divided by zero
 
 
+def rotation_trick(code: Tensor, x: Tensor) -> Tensor:
+    """`code` [N, D] in the forward pass (exactly); backward: the gradient g of the code reaches `x` [N, D] as
+    (lambda R)^T g, where R is the rotation taking x's direction to code's and lambda = |code| / |x|, both held
+    constant (Fifty et al. 2024; their code's `get_very_efficient_rotation`):
+
+        x^ = x / |x|,  q^ = code / |code|,  r = (x^ + q^) / |x^ + q^|,  R = I - 2 r r^T + 2 q^ x^^T,
+
+    so lambda R x = code. R is orthogonal: the gradient keeps the angle it makes with the code relative to x,
+    and its norm scales by lambda. Written as straight_through(code, lambda R x) so the forward value is the code
+    bit for bit (indices_to_codes relies on it) rather than lambda R x with its rounding. A row x = 0 has no
+    direction: it keeps the identity gradient.
+    """
+    with torch.no_grad():
+        x_norm, code_norm = x.norm(dim=1, keepdim=True), code.norm(dim=1, keepdim=True)
+        x_hat, q_hat = F.normalize(x, dim=1), F.normalize(code, dim=1)
+        r = F.normalize(x_hat + q_hat, dim=1)  # x^ = -q^ gives r = 0 and R = I - 2 q^ q^^T, still R x^ = q^
+        scale = code_norm / x_norm.clamp_min(1e-12)  # clamped as F.normalize does: finite for the masked rows
+    rotated = scale * (x - 2 * r * (r * x).sum(1, keepdim=True) + 2 * q_hat * (x_hat * x).sum(1, keepdim=True))
+    return straight_through(code, torch.where(x_norm > 0, rotated, x))
 
 
+GRAD_ESTIMATORS = {"ste": straight_through, "rotation": rotation_trick}  # (code, x) -> code, gradient to x
 
 
+def mean_squared_error(a: Tensor, b: Tensor) -> Tensor:
+    """F.mse_loss, but 0 rather than NaN over no rows (a rank may have none)."""
+    return F.mse_loss(a, b, reduction="sum") / max(a.numel(), 1)
 
 
 def finite_rows(x: Tensor) -> Tensor:
@@ -71,6 +101,7 @@ class VectorQuantizer(Quantizer):
         kmeans_init: bool = False,  # initialize the codebook by k-means on the first training batch
         kmeans_iters: int = 10,  # Lloyd iterations of that k-means
         usage_window: int = 100,  # usage stats span this many training forwards, dead-code usage as many updates
+        grad_estimator: Literal["ste", "rotation"] = "ste",  # encoder gradient: straight-through or rotation trick
     ):
         super().__init__()
         codebook_dim = dim if codebook_dim is None else codebook_dim
@@ -86,6 +117,9 @@ class VectorQuantizer(Quantizer):
             raise ConfigError(f"quantizer option 'dead_code_threshold' must be >= 0, got {dead_code_threshold}")
         if kmeans_iters < 0:
             raise ConfigError(f"quantizer option 'kmeans_iters' must be >= 0, got {kmeans_iters}")
+        if grad_estimator not in GRAD_ESTIMATORS:
+            raise ConfigError(f"quantizer option 'grad_estimator' must be one of {', '.join(GRAD_ESTIMATORS)}, "
+                              f"got {grad_estimator!r}")
 
         self.dim = dim
         self.codebook_size = codebook_size
@@ -96,6 +130,7 @@ class VectorQuantizer(Quantizer):
         self.dead_code_threshold = dead_code_threshold
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
+        self.grad_estimator = grad_estimator
         self.usage_decay = 1.0 - 1.0 / usage_window  # decayed usage counts average over ~usage_window forwards
 
         # Plain Linear with bias: export folds them into VQModel's quant_conv / post_quant_conv.
@@ -134,16 +169,25 @@ class VectorQuantizer(Quantizer):
 
     # -- codebook access --------------------------------------------------------------------------------------
 
+    def code_weights(self) -> Tensor:
+        """The codes [codebook_size, codebook_dim] before l2_normalize, fp32, with a gradient to their parameters
+        when they are learned. Subclasses that compute their codes (SimVQ) override it."""
+        return self.embedding.weight.float()
+
+    def _normalized(self, codes: Tensor) -> Tensor:
+        return F.normalize(codes, dim=-1) if self.l2_normalize else codes
+
     def codebook(self) -> Tensor:
         """The codebook [codebook_size, codebook_dim] as used for lookup (unit-norm rows with l2_normalize),
         detached, fp32. This is what an exported VQModel's `quantize.embedding.weight` must hold."""
-        weight = self.embedding.weight.detach().float()
-        return F.normalize(weight, dim=1) if self.l2_normalize else weight
+        with torch.no_grad():
+            return self._normalized(self.code_weights())
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Codes [*, codebook_dim] (fp32) for `indices` [*], with a gradient to the codebook when it is learned."""
-        code = F.embedding(indices, self.embedding.weight.float())
-        return F.normalize(code, dim=-1) if self.l2_normalize else code
+        # normalized after the gather: the graph keeps the gathered rows, not the weight that a dead-code restart
+        # later in the same forward overwrites in place
+        return self._normalized(F.embedding(indices, self.code_weights()))
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """indices [B, H, W] -> codes [B, dim, H, W] after project_out; equal to forward's quantized value."""
@@ -165,14 +209,15 @@ class VectorQuantizer(Quantizer):
         xc = F.normalize(x, dim=1) if self.l2_normalize else x
         if self.kmeans_init and self.training and self.codebook_updates and not bool(self.initialized):
             self._kmeans_init(finite_rows(xc.detach()))
+        weights = self.code_weights()  # computed once per forward (SimVQ's is a matrix product)
         with torch.no_grad():
             # cdist on x itself, as diffusers' VQModel computes it on its quant_conv output, so exported models
             # pick the same tokens. With unit-norm codes the Euclidean argmin equals the cosine argmax of xc.
-            indices = torch.cdist(x.detach(), self.codebook()).argmin(dim=1)
-        code = self.lookup(indices)
-        losses = {"commitment": self.beta * F.mse_loss(xc, code.detach())}
+            indices = torch.cdist(x.detach(), self._normalized(weights.detach())).argmin(dim=1)
+        code = self._normalized(F.embedding(indices, weights))  # as lookup(indices), from the same weights
+        losses = {"commitment": self.beta * mean_squared_error(xc, code.detach())}
         if self.ema_decay is None:
-            losses["codebook"] = F.mse_loss(code, xc.detach())
+            losses["codebook"] = mean_squared_error(code, xc.detach())
         return xc, code, indices, losses
 
     @torch.no_grad()
@@ -255,7 +300,7 @@ class VectorQuantizer(Quantizer):
             if self.training:
                 self.update_codebook(xc.detach(), indices)
             stats = self.tracker.update(indices)
-            # Straight-through: the forward value is exactly the code, the gradient reaches xc as identity.
-            quantized = project(self.project_out, straight_through(code, xc))
+            # The forward value is exactly the code; the gradient reaches xc by the chosen estimator.
+            quantized = project(self.project_out, GRAD_ESTIMATORS[self.grad_estimator](code, xc))
         quantized = unflatten_channels_last(quantized, z.shape).to(z.dtype)
         return QuantizerOutput(quantized, indices.view(b, h, w), losses, stats)

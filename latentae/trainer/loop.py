@@ -169,7 +169,8 @@ class Run:
                 out = self.model_ddp(images)
                 g_total, g_logs = self.loss(images, out.reconstruction, step=step, mode="generator",
                                             posterior=out.posterior, quant=out.quant,
-                                            last_layer=self.model.last_layer())
+                                            last_layer=self.model.last_layer(), latent=out.latent,
+                                            decode=self.decode)
                 finite = self._all_finite(g_total)
                 finite_window &= finite
                 # Every rank runs backward even on a non-finite loss (DDP expects it); the update is skipped.
@@ -193,6 +194,15 @@ class Run:
         logs["nan_skipped"] = self.state.nan_skipped
         self.last_images = (images, out.reconstruction)
         return logs
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The decoder, for the loss's latent regularizers: the plain module under the run's autocast (accelerate
+        puts autocast on the prepared forward only). Under DDP this extra forward bypasses the wrapper and is still
+        synchronized: it runs between the wrapped forward and the same backward, and DDP's reducer hooks sit on
+        each parameter's gradient accumulator, which autograd runs once per backward with the gradients of every
+        use summed (tests/test_train_distributed.py checks that the ranks stay identical with the terms on)."""
+        with self.accelerator.autocast():
+            return self.model.decode(latents)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         flag = torch.isfinite(loss.detach()).float().reshape(1)
