@@ -5,10 +5,10 @@ Encodes the images of --data at one resolution (KL: posterior means; VQ: quantiz
 do; measured: each model's own per-channel mean/std on the training split), holds out the first images for
 validation, and trains the same DiT (diffusers' DiTTransformer2DModel, flow matching) on each model's latents
 with the same seed, optimizer and budget. Writes to --output: report.json and report.md (validation
-flow-matching loss at t = 0.1 ... 0.9 and its curve over training, models ranked, lower is better) and
+flow-matching loss at t = 0.1 ... 0.9 and its curve over training; models ranked by the loss at t = 0.5, lower is better) and
 samples.png (Euler samples decoded by each model). gFID is not computed.
 
-Budgets: smoke (seconds, for tests), cpu (64 px, about 10 minutes per model on 2 cores), gpu (256 px, larger DiT).
+Budgets: smoke (seconds, for tests), cpu (64 px; its run time is not measured yet), gpu (256 px, larger DiT).
 
   latentae probe --model out-a/export --model out-b/export --data kodak/ --output probe-out --budget cpu
 """

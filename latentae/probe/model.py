@@ -106,9 +106,12 @@ def train(dit, train_latents: Tensor, val: Tensor, *, budget: Budget, seed: int)
         loss = validation_loss(dit, val, seed=seed, batch_size=budget.batch_size)
         curve.append({"step": step, "loss": loss, "mean": sum(loss.values()) / len(loss)})
 
+    from tqdm import tqdm
+
     dit.train()
     evaluate(0)
-    for step in range(1, budget.steps + 1):
+    bar = tqdm(range(1, budget.steps + 1), desc="probe: DiT", leave=False)  # the cpu budget runs for minutes
+    for step in bar:
         idx = torch.randint(0, len(train_latents), (budget.batch_size,), generator=g)
         x0 = train_latents[idx]
         t = torch.rand(len(x0), generator=g)
@@ -119,6 +122,7 @@ def train(dit, train_latents: Tensor, val: Tensor, *, budget: Budget, seed: int)
         opt.step()
         if step % budget.eval_every == 0 or step == budget.steps:
             evaluate(step)
+            bar.set_postfix(val_loss=f"{curve[-1]['mean']:.4f}")
     return curve
 
 
