@@ -3,7 +3,7 @@
 KL models become `AutoencoderKL`; vector-quantizer tokenizers (vq, simvq) become `VQModel` with the quantizer's
 normalization and projections folded in (unit-norm codebook, SimVQ's W(C), projections composed into quant_conv /
 post_quant_conv), so tokens and decodes are identical; a SimVQ export re-imports as a plain `vq` tokenizer.
-Quantizers `VQModel` cannot express (IBQ, BSQ, FSQ, LFQ, Gumbel, residual) are saved in latentae's own directory format:
+Quantizers `VQModel` cannot express (IBQ, BSQ, FSQ, LFQ, Gumbel, residual, two-level) are saved in latentae's own directory format:
 config.json + safetensors, loaded by `latentae.load`.
 """
 from __future__ import annotations

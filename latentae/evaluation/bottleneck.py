@@ -22,25 +22,29 @@ ACTIVE_THRESHOLD = KLConfig().active_threshold
 
 
 class CodebookStats:
-    """Tokenizer statistics from a histogram of every token of the set (per stage for residual quantizers):
+    """Tokenizer statistics from a histogram of every token of the set (per stage for residual quantizers; top and
+    bottom for the two-level quantizer, whose top tokens repeat over 2x2 blocks, which no histogram statistic sees):
     codebook_usage: fraction of the K codes used at least once (mean over stages);
     perplexity: 2 ** entropy of the histogram (mean over stages);
     entropy_bits: entropy of the histogram in bits (mean over stages);
-    bits_per_pixel: log2(K) x tokens per image (all stages) / pixels per image, the size of an image's
+    bits_per_pixel: log2(K) x distinct tokens per image (all stages) / pixels per image, the size of an image's
     fixed-length code (256 tokens of 14 bits for 256 x 256 px: 0.0547);
     entropy_bits_per_pixel: the same with each stage's histogram entropy instead of log2(K);
     .../stage{s}: usage, perplexity and entropy of stage s, when there are several stages."""
 
-    def __init__(self, codebook_size: int, num_stages: int, device: torch.device):
+    def __init__(self, codebook_size: int, num_stages: int, device: torch.device,
+                 tokens_per_position: tuple[float, ...] | None = None):  # per stage (two-level: top 1/4, bottom 1)
         self.codebook_size = codebook_size
         self.num_stages = num_stages
+        self.tokens_per_position = tokens_per_position or (1.0,) * num_stages
         self.counts = torch.zeros(num_stages, codebook_size, dtype=torch.long, device=device)
         self.sizes = torch.zeros(2, dtype=torch.long, device=device)  # token positions, pixels (summed over images)
 
     @classmethod
     def for_model(cls, model, device: torch.device) -> "CodebookStats":
         quantizer = model.quantize
-        return cls(quantizer.codebook_size, getattr(quantizer, "num_stages", 1), device)
+        return cls(quantizer.codebook_size, getattr(quantizer, "num_stages", 1), device,
+                   getattr(quantizer, "tokens_per_position", None))
 
     def update(self, output: AutoencoderOutput, images: Tensor) -> None:
         indices = output.quant.indices
@@ -60,8 +64,9 @@ class CodebookStats:
             "codebook_usage": _mean(st["usage"] for st in per_stage),
             "perplexity": _mean(st["perplexity"] for st in per_stage),
             "entropy_bits": _mean(st["entropy"] for st in per_stage),
-            "bits_per_pixel": math.log2(self.codebook_size) * self.num_stages * positions_per_pixel,
-            "entropy_bits_per_pixel": sum(float(st["entropy"]) for st in per_stage) * positions_per_pixel,
+            "bits_per_pixel": math.log2(self.codebook_size) * sum(self.tokens_per_position) * positions_per_pixel,
+            "entropy_bits_per_pixel": sum(float(st["entropy"]) * n for st, n in zip(per_stage, self.tokens_per_position))
+            * positions_per_pixel,
         }
         if self.num_stages > 1:
             out["num_stages"] = self.num_stages

@@ -70,8 +70,6 @@ def prior_samples(model, n: int, *, resolution: int, seed: int = 0, normalized: 
     g = torch.Generator().manual_seed(seed)
     side = max(1, resolution // model_downsample_factor(model))
     if model.family == "vq":
-        q = model.quantize
-        shape = (n, side, side) + ((q.num_stages,) if hasattr(q, "num_stages") else ())
-        return list(model.detokenize(torch.randint(0, q.codebook_size, shape, generator=g)).float())
+        return list(model.detokenize(model.quantize.random_indices(n, side, side, generator=g)).float())
     z = torch.randn(n, int(model.config["latent_channels"]), side, side, generator=g)
     return list(model.decode(denormalize(model, z) if normalized else z).float())

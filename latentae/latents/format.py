@@ -6,7 +6,7 @@ counts `<name>.json`, and `manifest.json` (written when every shard is done). Ea
     <key>.latents.npy   float32 (or float16) array: [2C, h, w] posterior mean and logvar stacked on the channel
                         axis (the `moments` layout of diffusers' DiagonalGaussianDistribution; store "both"),
                         or [C, h, w] for store "mean" / "sample"; KL models
-    <key>.tokens.npy    int32 token ids [h, w] ([h, w, S] for residual quantizers); VQ tokenizers
+    <key>.tokens.npy    int32 token ids [h, w] ([h, w, S] for residual quantizers, [h, w, 2] (top, bottom) for vqvae2); VQ tokenizers
     <key>.json          {"key": source key, "url": source shard or file, "shard": input shard name}
     <key>.<ext>         the source sample's other non-image members (captions .txt, .cls, ...) copied
                         verbatim, its .json as .source.json

@@ -28,7 +28,7 @@ class ModelConfig:
     use_quant_conv: bool = True  # kl only: 1x1 conv on the moments (SD: yes, SD3/FLUX: no)
     use_post_quant_conv: bool = True  # kl only
     vq_embed_dim: int | None = None  # vq only: channels entering the quantizer (default latent_channels)
-    quantizer: dict = field(default_factory=dict)  # vq only: {kind: vq|simvq|ibq|bsq|fsq|lfq|gumbel|residual, **its options}
+    quantizer: dict = field(default_factory=dict)  # vq only: {kind: vq|simvq|ibq|bsq|fsq|lfq|gumbel|residual|vqvae2, **its options}
 
     def __post_init__(self):
         other = _VQ_ONLY if self.family == "kl" else _KL_ONLY

@@ -23,6 +23,7 @@ KINDS = {
     "bsq": ("latentae.quantizers.bsq", "BSQ"),
     "gumbel": ("latentae.quantizers.gumbel", "GumbelQuantizer"),
     "residual": ("latentae.quantizers.residual", "ResidualVQ"),
+    "vqvae2": ("latentae.quantizers.two_level", "TwoLevelVQ"),
 }
 
 

@@ -66,11 +66,12 @@ def full_precision(z: Tensor) -> torch.autocast:
     return torch.autocast(device_type=z.device.type, enabled=False)
 
 
-def project(layer: nn.Linear | None, x: Tensor) -> Tensor:
-    """An optional projection of fp32 rows `x`; a model cast to half precision projects in its own precision."""
+def project(layer: nn.Module | None, x: Tensor) -> Tensor:
+    """An optional projection (or any layers) of fp32 `x`, fp32 out; a model cast to half precision runs it in its
+    own precision."""
     if layer is None:
         return x
-    return layer(x.to(layer.weight.dtype)).float()
+    return layer(x.to(next(layer.parameters()).dtype)).float()
 
 
 def check_input(z: Tensor, dim: int) -> None:
@@ -148,6 +149,10 @@ class Quantizer(nn.Module):
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def random_indices(self, batch: int, height: int, width: int, generator: torch.Generator) -> Tensor:
+        """Uniformly random valid tokens for a [height, width] latent (prior samples of `latentae inspect`)."""
+        return torch.randint(0, self.codebook_size, (batch, height, width), generator=generator)
 
     # False while a trainer runs the micro-batches of an optimizer step before its last (see set_step).
     last_micro_batch: bool = True

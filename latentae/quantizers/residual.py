@@ -65,6 +65,9 @@ class ResidualVQ(Quantizer):
     def stage(self, s: int) -> VectorQuantizer:
         return self.quantizers[0 if self.shared_codebook else s]
 
+    def random_indices(self, batch: int, height: int, width: int, generator: torch.Generator) -> Tensor:
+        return torch.randint(0, self.codebook_size, (batch, height, width, self.num_stages), generator=generator)
+
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """indices [B, H, W, s] for the first s <= num_stages stages -> summed codes [B, dim, H, W]."""
         if indices.ndim != 4 or not 1 <= indices.shape[-1] <= self.num_stages:
