@@ -135,8 +135,8 @@ def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Pa
     if isinstance(model, KLAutoencoder) or spec.get("kind", "vq") in VQMODEL_KINDS:
         module = to_diffusers(model)
         side["format"] = type(module).__name__
-        if isinstance(model, VQTokenizer):  # lookup options that shape tokens after re-import
-            side["quantizer"] = {k: v for k, v in spec.items() if k in ("l2_normalize", "beta")}
+        if isinstance(model, VQTokenizer):  # lookup and training options that a re-imported model keeps
+            side["quantizer"] = {k: v for k, v in spec.items() if k in ("l2_normalize", "beta", "grad_estimator")}
     else:
         module = model
         side["format"] = "latentae"

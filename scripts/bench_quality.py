@@ -14,13 +14,22 @@ weight-free sharpness statistic (latentae.evaluation.sharpness). Groups of confi
   kl-weight    the KL weight trade-off (three weights)
   collapse     at high weights (1 and 10): free bits and cyclical annealing against the constant weight
   gan          adversarial term off vs on at equal steps (the off run is kl-1e-6)
+  diffusability  issue 12's latent regularizers, each on kl-1e-6 at equal steps: EQ-VAE, scale equivariance,
+               noise-robust decoding (l-DeTok); then the diffusability probe on their latents (below)
+
+The diffusability probe (`latentae.probe`, the budget's `probe` preset) runs after the trainings on the saved models
+of kl-1e-6 and the diffusability rows, all in one probe call (same seed, DiT, budget and Tiny ImageNet latents for
+every model; latents standardized per channel, since the export's default scaling factor is not measured): it
+writes OUTPUT/probe/ and is reused while those models' results are unchanged, so `--report-only` probes models
+trained by an earlier run.
 
 The comparison group trains for --budget's seconds of training (evaluation excluded), the others for its steps.
 LPIPS is not used: its trunk weights are not available offline (a random-trunk LPIPS is not LPIPS), so every
 configuration trains with loss.perceptual_weight=0 and reports no perceptual metric.
 
 Each configuration runs in its own process (accelerate's state, precision and peak memory stay its own) and
-writes OUTPUT/runs/NAME/result.json; the report (report.md, results.json, PNG plots and grids) is then rebuilt
+writes OUTPUT/runs/NAME/result.json and its final model (OUTPUT/runs/NAME/model/, latentae's export format);
+the report (report.md, results.json, PNG plots and grids) is then rebuilt
 from every result in OUTPUT made with the same budget, so `--only a,b` runs the study in pieces.
 """
 from __future__ import annotations
@@ -42,9 +51,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = ROOT / ".." / "shared" / "data"
 HELDOUT = (("bsds500-test", "bsds500/test"), ("kodak", "kodak"))  # (label, folder under --data-root)
-GROUPS = ("comparison", "codebook", "kl-weight", "collapse", "gan")
+GROUPS = ("comparison", "codebook", "kl-weight", "collapse", "gan", "diffusability")
 FREE_BITS = 0.25  # nats per latent element: chosen once, well above the 0.01-nat activity threshold (not tuned)
 CYCLES = 4  # cyclical annealing: Fu et al. 2019's M = 4 cycles, R = 0.5
+SCALE_EQ_WEIGHT = 0.25  # Skorokhodov et al. 2025's weight of the downsampled reconstruction term
 EXAMPLE_ADAMW = ("train.betas=[0.9,0.999]", "train.weight_decay=0.01", "train.grad_clip=1.0")  # the script's
 # defaults: --adam_beta1 0.9 --adam_beta2 0.999 --adam_weight_decay 1e-2 --max_grad_norm 1.0
 
@@ -69,6 +79,8 @@ class Budget:
     one_process: bool = False  # every configuration in one worker process, accelerate's state reset between them
     # (saves an interpreter start-up per configuration; the real budgets isolate each run in its own process)
     scale: float = 1.0  # --scale: steps and seconds multiplied by it
+    probe: str | None = None  # latentae.probe budget of the diffusability probe (None: no probe)
+    probe_data: str = "tiny-imagenet-64/tiny-{00000..00009}.tar"  # the probe's images, relative to --data-root
 
 
 BUDGETS = {
@@ -79,14 +91,16 @@ BUDGETS = {
         vq_model={"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
                   "mid_block_add_attention": False, "latent_channels": 16},
         codebook_size=64, fsq_levels=(4, 4, 4), train="tiny-imagenet-64/tiny-00000.tar,bsds500/train",
-        heldout_cap=4, shuffle_buffer=32, grid_images=4, one_process=True),
+        heldout_cap=4, shuffle_buffer=32, grid_images=4, one_process=True, probe="smoke",
+        probe_data="tiny-imagenet-64/tiny-00000.tar"),
     "cpu": Budget(  # the study on 2 cores: ~45 minutes on an idle machine
         name="cpu", resolution=64, batch_size=16, lr=2e-4, steps=500, seconds=180.0, evals=5,
         kl_model={"block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 16,
                   "mid_block_add_attention": False},
         vq_model={"block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 16,
                   "mid_block_add_attention": False, "latent_channels": 64},
-        codebook_size=1024, fsq_levels=(8, 5, 5, 5), train="tiny-imagenet-64/tiny-{00000..00009}.tar,bsds500/train"),
+        codebook_size=1024, fsq_levels=(8, 5, 5, 5), train="tiny-imagenet-64/tiny-{00000..00009}.tar,bsds500/train",
+        probe="cpu"),  # the probe's cpu preset: ~7 min per model at one thread (measured 2026-11-28)
     "gpu": Budget(  # the same study at 256 px on one GPU (Tiny ImageNet's 64-px images would be upscaled 4x)
         name="gpu", resolution=256, batch_size=16, lr=1e-4, steps=3000, seconds=300.0, evals=6,
         kl_model={"block_out_channels": [64, 128, 256, 256], "layers_per_block": 2, "norm_num_groups": 32,
@@ -94,6 +108,7 @@ BUDGETS = {
         vq_model={"block_out_channels": [64, 128, 128, 256, 256], "layers_per_block": 2, "norm_num_groups": 32,
                   "mid_block_add_attention": True, "latent_channels": 256},
         codebook_size=16384, fsq_levels=(8, 8, 8, 6, 5), train="bsds500/train", grid_images=4),
+    # no probe at 256 px: its gpu preset reads 20000 images, and the data root has 400 photos at that size
 }
 
 
@@ -137,6 +152,17 @@ CONFIGURATIONS = (
     Configuration("kl-1e-6-gan", "gan", "kl", "kl-1e-6 + hinge PatchGAN (defaults: batch norm, adaptive x0.5), "
                   "D from 20% of the steps, G term from 40%",
                   ("loss.disc.start={gan_start}", "loss.disc.warmup_steps={gan_warmup}")),
+    # issue 12: each regularizer at its paper's settings, added to kl-1e-6 (the baseline of the probe too)
+    Configuration("kl-eq", "diffusability", "kl", "kl-1e-6 + EQ-VAE (Kouzelis et al. 2025): p 0.5 per batch, "
+                  "downscale by 8/32..31/32 then 1-3 quarter turns, weight 2 (the term is added: at p 0.5 weight 2 "
+                  "is the paper's balance, where it replaces the batch's reconstruction)",
+                  ("loss.equivariance.weight=2",)),
+    Configuration("kl-scale-eq", "diffusability", "kl", f"kl-1e-6 + scale equivariance (Skorokhodov et al. 2025): "
+                  f"every batch, bilinear 2x and 4x downsampling of latent and image, weight {SCALE_EQ_WEIGHT:g}",
+                  (f"loss.scale_equivariance.weight={SCALE_EQ_WEIGHT:g}",)),
+    Configuration("kl-latent-noise", "diffusability", "kl", "kl-1e-6 + noise-robust decoding (l-DeTok, Yang et al. "
+                  "2025): decode (1-t) z + 3t eps, t ~ U[0, 1] per image, weight 1 (added to the clean "
+                  "reconstruction: l-DeTok decodes only noised latents)", ("loss.latent_noise.weight=1",)),
     Configuration("vq-256d", "codebook", "vq", "VQ, {codebook_size} codes of 256-d, not normalized",
                   ("model.vq_embed_dim=256", "model.quantizer.kind=vq",
                    "model.quantizer.codebook_size={codebook_size}")),
@@ -162,6 +188,8 @@ CONFIGURATIONS = (
                   ("model.vq_embed_dim=256", "model.quantizer.kind=bsq", "model.quantizer.codebook_size={codebook_size}")),
 )
 BY_NAME = {c.name: c for c in CONFIGURATIONS}
+PROBED = ("kl-1e-6", *(c.name for c in CONFIGURATIONS if c.group == "diffusability"))  # the baseline first
+PROBE_NORMALIZATION = "measured"  # per-channel standardization: the export's 0.18215 is SD's, not these models'
 
 
 def scaled(budget: Budget, scale: float) -> Budget:
@@ -196,8 +224,9 @@ def add_arguments(p):
                    "bsds500/ and kodak/ (default: ../shared/data beside the checkout)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run (default: "
                    "all CPUs; on a machine other jobs share, 1: two threads per op then wait on each other)")
-    p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report from the results "
-                   "already in --output")
+    p.add_argument("--report-only", action="store_true", help="train no autoencoder: rebuild the report from the "
+                   "results already in --output (the diffusability probe still runs where its result is missing or "
+                   "older than its models)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: train and measure one configuration
 
 
@@ -432,6 +461,10 @@ def train_and_measure(conf: Configuration, budget: Budget, data_root: Path, outp
     n = budget.grid_images
     np.savez_compressed(run_dir / "examples.npz", input=heldout.examples["input"][:n].numpy(),
                         reconstruction=heldout.examples["reconstruction"][:n].numpy())
+    from latentae.exporting import export
+
+    # the final weights, for the diffusability probe (a later --report-only run probes them too)
+    export(trainer.model(), run_dir / "model", metadata={"configuration": conf.name, "step": step})
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))  # last: a result means a finished run
 
 
@@ -488,6 +521,56 @@ def collect(out: Path, budget: Budget) -> dict[str, dict]:
     return results
 
 
+def result_digests(out: Path, names: list[str]) -> dict[str, str]:
+    """A digest of each run's result.json: a re-run changes it, so a probe of the older models is not reused."""
+    import hashlib
+
+    return {n: hashlib.sha256((out / "runs" / n / "result.json").read_bytes()).hexdigest()[:16] for n in names}
+
+
+def diffusability_probe(out: Path, budget: Budget, data_root: Path, results: dict) -> dict | None:
+    """The probe's report on the saved models of PROBED in `out` (OUTPUT/probe/report.json, with the digests of
+    the results it probed under "study"), run in one `probe` call, or reused when those digests still match.
+    None when the budget has no probe or kl-1e-6 and one regularized row are not both there."""
+    import torch
+
+    from latentae.probe import BUDGETS as PROBE_BUDGETS
+    from latentae.probe import probe
+    from latentae.probe.run import markdown
+
+    names = [n for n in PROBED if n in results and (out / "runs" / n / "model").is_dir()]
+    if budget.probe is None or PROBED[0] not in names or len(names) < 2:
+        print(f"diffusability probe: not run (budget {budget.name}: probe {budget.probe}; models: "
+              f"{', '.join(names) or 'none'}; it needs {PROBED[0]} and at least one of {', '.join(PROBED[1:])})")
+        return None
+    settings = dataclasses.replace(PROBE_BUDGETS[budget.probe], resolution=budget.resolution)
+    path = out / "probe" / "report.json"
+    study = {"budget": budget.name, "scale": budget.scale, "data": budget.probe_data, "probe": budget.probe,
+             "settings": settings.as_dict(), "normalize": PROBE_NORMALIZATION, "results": result_digests(out, names)}
+    if path.is_file():
+        report = json.loads(path.read_text())
+        if report.get("study") == study:
+            print(f"diffusability probe: reusing {path} ({', '.join(names)})")
+            return report
+    from latentae.latents.runtime import default_device
+    from latentae.loading import load
+
+    device = default_device()
+    models = {n: load(out / "runs" / n / "model", device=device) for n in names}
+    print(f"diffusability probe ({budget.probe} preset, {settings.steps} DiT steps per model, "
+          f"{PROBE_NORMALIZATION} normalization) on {', '.join(names)}; load average {load_average()}", flush=True)
+    t = time.perf_counter()
+    report = probe(models, str(data_root / budget.probe_data), budget=settings, budget_name=budget.probe, seed=0,
+                   normalize=PROBE_NORMALIZATION, output=out / "probe", device=device)
+    report.update(data=f"DATA_ROOT/{budget.probe_data}", study=study,  # no machine paths in the committed copy
+                  run={"seconds": time.perf_counter() - t, "threads": torch.get_num_threads()})
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    (out / "probe" / "report.md").write_text(markdown(report))
+    print(f"diffusability probe: {report['run']['seconds'] / 60:.1f} min; ranking at t = {report['rank_level']}: "
+          f"{', '.join(report['ranking'])}", flush=True)
+    return report
+
+
 def run(args):
     if args.worker:
         return worker(args)
@@ -527,8 +610,9 @@ def run(args):
     else:
         from quality_report import write_report
 
+        probe_report = diffusability_probe(out, budget, data_root, results)
         heldout = [(label, len(sources)) for label, sources in heldout_sets(budget, data_root)]
-        for path in write_report(results, budget, out, heldout):
+        for path in write_report(results, budget, out, heldout, probe=probe_report):
             print(f"wrote {path}")
     if failed:
         print(f"failed: {', '.join(failed)} (see their output above)")

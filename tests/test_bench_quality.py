@@ -84,6 +84,25 @@ def test_findings_verdicts_follow_fixed_criteria():
     assert verdicts["adversarial term"] == "**reproduced**"
 
 
+def test_diffusability_verdicts_follow_fixed_criteria():
+    level = "0.5"
+    probe = {"settings": {"max_images": 16, "resolution": 32, "val_images": 4, "layers": 1, "heads": 2, "head_dim": 8,
+                          "patch_size": 2, "steps": 6, "batch_size": 4, "lr": 1e-3},
+             "budget": "smoke", "data": "DATA_ROOT/x.tar", "seed": 0, "levels": [0.1, 0.5, 0.9], "rank_level": 0.5,
+             "study": {"normalize": "measured"}, "models": {
+                 "kl-1e-6": {"val_loss": {level: 1.0}, "val_loss_mean": 1.0},
+                 "kl-eq": {"val_loss": {level: 0.9}, "val_loss_mean": 0.9},  # diffuses better, PSNR kept
+                 "kl-scale-eq": {"val_loss": {level: 0.9}, "val_loss_mean": 0.9},  # diffuses better, PSNR lost
+                 "kl-latent-noise": {"val_loss": {level: 1.1}, "val_loss_mean": 1.1}}}  # neither
+    psnr = {"kl-1e-6": 20.0, "kl-eq": 19.8, "kl-scale-eq": 19.7, "kl-latent-noise": 19.0}
+    results = {n: {"what": n, "final": {"psnr": v, "ssim": 0.5}} for n, v in psnr.items()}
+    rows = {row.split(" |")[0].lstrip("| "): row.rsplit("|", 2)[1].strip()
+            for row in quality_report.diffusability_section(results, probe) if row.startswith("| kl-")}
+    assert rows == {"kl-1e-6": "-", "kl-eq": "**reproduced**",
+                    "kl-scale-eq": "**partly** (fails: PSNR within 0.25 dB)",
+                    "kl-latent-noise": "**not reproduced** (fails: lower probe loss at t = 0.5; PSNR within 0.25 dB)"}
+
+
 @pytest.mark.slow
 def test_smoke_budget_end_to_end_and_in_pieces(shared_data, tmp_path):
     out = tmp_path / "quality"
@@ -102,9 +121,14 @@ def test_smoke_budget_end_to_end_and_in_pieces(shared_data, tmp_path):
     assert "not run" not in report and "| plain |" in report and "| fsq |" in report
     for name in ("psnr_vs_steps.png", "psnr_vs_time.png", "grid_gan.png", "grid_comparison.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the probe ran once on the saved models of the baseline and the diffusability rows, and its table is there
+    probe = json.loads((out / "probe" / "report.json").read_text())
+    assert list(probe["models"]) == list(bench_quality.PROBED) and probe["budget"] == "smoke"
+    assert "## Diffusability (issue 12)" in report and "has not run" not in report
 
     first = (out / "runs" / "plain" / "result.json").stat().st_mtime_ns
     again = subprocess.run(cmd + ["--only", "plain"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "diffusability probe: reusing" in again.stdout  # the probed models' results did not change
     assert (out / "runs" / "plain" / "result.json").stat().st_mtime_ns > first
     assert len(json.loads((out / "results.json").read_text())["results"]) == len(bench_quality.CONFIGURATIONS)

@@ -87,3 +87,19 @@ def test_option_is_checked():
         VectorQuantizer(4, grad_estimator="reflection")
     with pytest.raises(ConfigError, match="grad_estimator"):  # residual has one straight-through for the sum
         ResidualVQ(4, num_stages=2, grad_estimator="rotation")
+
+
+def test_export_keeps_the_estimator_for_fine_tuning(tmp_path):
+    """A VQModel export re-imports with grad_estimator: rotation (recorded in latentae.json), so fine-tuning the
+    exported tokenizer keeps its gradient estimator."""
+    import latentae
+    from latentae.exporting import export
+    from latentae.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(family="vq", block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
+                                    latent_channels=8, quantizer={"kind": "vq", "codebook_size": 8,
+                                                                  "grad_estimator": "rotation"}))
+    export(model, tmp_path)
+    again = latentae.load(tmp_path)
+    assert again.config["quantizer"]["grad_estimator"] == "rotation"
+    assert again.quantize.grad_estimator == "rotation"
