@@ -1,6 +1,7 @@
 """Training model <-> diffusers modules, and `export(model, dir)`.
 
-KL models become `AutoencoderKL`; vector-quantizer tokenizers (vq, simvq) become `VQModel` with the quantizer's
+KL models become `AutoencoderKL` (`AutoencoderKLFlux2` with latent_norm: flux2); DC-AE and tiny models the
+`AutoencoderDC` / `AutoencoderTiny` they hold; vector-quantizer tokenizers (vq, simvq) become `VQModel` with the quantizer's
 normalization and projections folded in (unit-norm codebook, SimVQ's W(C), projections composed into quant_conv /
 post_quant_conv), so tokens and decodes are identical; a SimVQ export re-imports as a plain `vq` tokenizer.
 Quantizers `VQModel` cannot express (IBQ, BSQ, FSQ, LFQ, Gumbel, residual, two-level) are saved in latentae's own directory format:
@@ -14,11 +15,12 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, VQModel
+from diffusers import AutoencoderKL, AutoencoderKLFlux2, VQModel
 from torch import Tensor, nn
 
 from latentae.errors import ModelFormatError
 from latentae.models import KLAutoencoder, VQTokenizer
+from latentae.models.wrapped import WrappedAutoencoder
 
 SIDE_FILE = "latentae.json"  # training-side facts diffusers' config.json must not carry (it warns on unknown keys)
 VQMODEL_KINDS = ("vq", "simvq")  # nearest-code lookup in one codebook: what VQModel's quantizer computes
@@ -61,17 +63,28 @@ def _init_kwargs(cls, config) -> dict:
 
 
 # ---------------------------------------------------------------- KL
-def kl_to_diffusers(model: KLAutoencoder) -> AutoencoderKL:
+_FLUX2_ONLY = ("latent_norm", "decoder_block_out_channels", "batch_norm_eps", "batch_norm_momentum", "patch_size")
+
+
+def kl_to_diffusers(model: KLAutoencoder) -> AutoencoderKL | AutoencoderKLFlux2:
+    """AutoencoderKL, or AutoencoderKLFlux2 (with its `bn` statistics) for latent_norm: flux2."""
     config = {k: v for k, v in model.config.items() if k not in _DIFFUSERS_INTERNAL}
-    vae = AutoencoderKL(**config, **_arch(config))
+    if config.get("latent_norm") == "flux2":
+        vae = AutoencoderKLFlux2(**_init_kwargs(AutoencoderKLFlux2, config), **_arch(config))
+    else:
+        vae = AutoencoderKL(**{k: v for k, v in config.items() if k not in _FLUX2_ONLY}, **_arch(config))
     vae.load_state_dict(model.state_dict(), strict=True)
     return vae
 
 
-def kl_from_diffusers(vae: AutoencoderKL) -> KLAutoencoder:
-    _check_standard_blocks(vae.config, "AutoencoderKL")
+def kl_from_diffusers(vae: AutoencoderKL | AutoencoderKLFlux2) -> KLAutoencoder:
+    name = type(vae).__name__
+    _check_standard_blocks(vae.config, name)
+    kwargs = _init_kwargs(KLAutoencoder, vae.config)
+    if isinstance(vae, AutoencoderKLFlux2):  # its pipeline normalizes with `bn`, not with a scaling factor
+        kwargs.update(latent_norm="flux2", scaling_factor=1.0)
     with torch.device("meta"):  # no random init to overwrite: loading an SD-size VAE stays fast
-        model = KLAutoencoder(**_init_kwargs(KLAutoencoder, vae.config))
+        model = KLAutoencoder(**kwargs)
     model.load_state_dict(vae.state_dict(), strict=True, assign=True)
     return model
 
@@ -114,11 +127,14 @@ def vq_from_diffusers(vq: VQModel, quantizer_options: dict | None = None) -> VQT
 
 # ---------------------------------------------------------------- export
 def to_diffusers(model):
-    """The diffusers module computing the same function as `model` (AutoencoderKL or VQModel)."""
+    """The diffusers module computing the same function as `model` (AutoencoderKL / AutoencoderKLFlux2, VQModel,
+    or the AutoencoderDC / AutoencoderTiny a wrapped model holds)."""
     if isinstance(model, KLAutoencoder):
         return kl_to_diffusers(model)
     if isinstance(model, VQTokenizer):
         return vq_to_diffusers(model)
+    if isinstance(model, WrappedAutoencoder):
+        return model.vae
     raise ModelFormatError(f"cannot convert {type(model).__name__} to diffusers")
 
 

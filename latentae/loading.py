@@ -1,7 +1,8 @@
-"""`latentae.load(path)`: open any autoencoder latentae knows, as a KLAutoencoder or VQTokenizer.
+"""`latentae.load(path)`: open any autoencoder latentae knows, as a latentae model of its family.
 
-Accepted: latentae exports, diffusers `AutoencoderKL` / `VQModel` directories (also a pipeline directory with a
-`vae/` or `vqvae/` folder), and original LDM / CompVis / taming single files (.ckpt, .safetensors). Nothing is
+Accepted: latentae exports, diffusers `AutoencoderKL` / `AutoencoderKLFlux2` (family kl), `VQModel` (vq),
+`AutoencoderDC` (dc) and `AutoencoderTiny` (tiny) directories (also a pipeline directory with a `vae/` or
+`vqvae/` folder), and original LDM / CompVis / taming single files (.ckpt, .safetensors). Nothing is
 unpickled: safetensors, or `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
@@ -14,11 +15,12 @@ import torch
 from latentae import ldm
 from latentae.errors import ModelFormatError
 from latentae.exporting import SIDE_FILE, kl_from_diffusers, vq_from_diffusers
-from latentae.models import MODEL_CLASSES, KLAutoencoder, ModelConfig, VQTokenizer, build_model
+from latentae.models import KLAutoencoder, ModelConfig, VQTokenizer, build_model
+from latentae.models.wrapped import WRAPPED_CLASSES
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
-_OURS = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+_OURS = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer)}  # dc / tiny save their diffusers class
 
 
 def model_dir(path: Path) -> Path:
@@ -38,6 +40,33 @@ def _is_diffusers_autoencoder(class_name: str) -> bool:
     return class_name[:1].isupper() and hasattr(diffusers.models.autoencoders, class_name)
 
 
+def _from_vq_model(path: Path):
+    from diffusers import VQModel
+
+    side = json.loads((path / SIDE_FILE).read_text()) if (path / SIDE_FILE).is_file() else {}
+    return vq_from_diffusers(VQModel.from_pretrained(path), side.get("quantizer"))
+
+
+def _from_kl(cls_name: str):
+    def load_kl(path: Path):
+        import diffusers
+
+        return kl_from_diffusers(getattr(diffusers, cls_name).from_pretrained(path))
+    return load_kl
+
+
+# The one place that maps a diffusers class to the latentae model that runs it (an adapter per family): the
+# commands see only latentae models (family kl / vq / dc / tiny), never diffusers classes.
+DIFFUSERS_ADAPTERS = {
+    "AutoencoderKL": _from_kl("AutoencoderKL"),
+    "AutoencoderKLFlux2": _from_kl("AutoencoderKLFlux2"),
+    "VQModel": _from_vq_model,
+    **{name: cls.from_pretrained for name, cls in WRAPPED_CLASSES.items()},
+}
+SUPPORTED = (f"latentae.load opens diffusers {', '.join(DIFFUSERS_ADAPTERS)} (standard VAE blocks for the KL and "
+             f"VQ classes), latentae exports ({', '.join(_OURS)}) and LDM/taming .ckpt/.safetensors files")
+
+
 def _load_dir(path: Path):
     path = model_dir(path)
     try:
@@ -45,24 +74,17 @@ def _load_dir(path: Path):
     except json.JSONDecodeError as e:
         raise ModelFormatError(f"{path / 'config.json'} is not valid JSON: {e}") from None
     name = config.get("_class_name")
-    if name not in ("AutoencoderKL", "VQModel", *_OURS):
-        supported = (f"latentae.load opens diffusers AutoencoderKL and VQModel (standard VAE blocks), latentae "
-                     f"exports ({', '.join(_OURS)}) and LDM/taming .ckpt/.safetensors files")
+    if name not in (*DIFFUSERS_ADAPTERS, *_OURS):
         if isinstance(name, str) and _is_diffusers_autoencoder(name):
             raise ModelFormatError(f"{path} holds a diffusers {name}, an autoencoder latentae does not support: "
-                                   f"{supported}")
+                                   f"{SUPPORTED}")
         raise ModelFormatError(f"{path} holds a {name or 'model without _class_name'}, not an autoencoder: "
-                               f"{supported}")
+                               f"{SUPPORTED}")
     if not any((path / f).is_file() for f in _WEIGHT_FILES):
         raise ModelFormatError(f"{path} has config.json but no weights: put {_WEIGHT_FILES[0]} beside it")
     if name in _OURS:
         return _OURS[name].from_pretrained(path)
-    from diffusers import AutoencoderKL, VQModel
-
-    if name == "AutoencoderKL":
-        return kl_from_diffusers(AutoencoderKL.from_pretrained(path))
-    side = json.loads((path / SIDE_FILE).read_text()) if (path / SIDE_FILE).is_file() else {}
-    return vq_from_diffusers(VQModel.from_pretrained(path), side.get("quantizer"))
+    return DIFFUSERS_ADAPTERS[name](path)
 
 
 def load_ldm_checkpoint(path: Path, **overrides):
@@ -86,7 +108,7 @@ def load_ldm_checkpoint(path: Path, **overrides):
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-         **ldm_overrides) -> KLAutoencoder | VQTokenizer:
+         **ldm_overrides):
     """Open an autoencoder from `path` in eval mode; see the module docstring for what `path` may be."""
     path = Path(path)
     if path.is_dir():

@@ -8,6 +8,11 @@ without it. `latentae fetch-weights` downloads everything ahead of time for clus
 offline.
 
 The LPIPS linear heads ship inside the `lpips` package, so they are only checked, never downloaded.
+
+Hugging Face models (`HUB_MODELS`: DINOv2 for the VF alignment loss) live in the Hugging Face cache instead
+(`$HF_HOME/hub`, or `HF_HUB_CACHE`), or in a local directory the config names. `resolve_hub_model` looks in
+the cache first and downloads only when that fails and `HF_HUB_OFFLINE` is not set; `latentae fetch-weights`
+fetches them only when asked by name (`--only dinov2`: 1.2 GB, needed only with `loss.vf.weight > 0`).
 """
 from __future__ import annotations
 
@@ -149,17 +154,106 @@ def fetch_all(
     directory: str | Path | None = None,
     report: Callable[[str], None] = print,
 ) -> list[str]:
-    """Resolve (downloading where needed) each file; report one line per file. Returns the names that failed."""
+    """Resolve (downloading where needed) each file; report one line per file. Returns the names that failed.
+    Hugging Face models (HUB_MODELS) only when named; with `directory` they go to DIRECTORY/<model name>."""
     failed = []
     for name in names or list(REGISTRY):
-        w = entry(name)
         try:
-            path = resolve(name, directory=directory)
+            if name in HUB_MODELS:
+                m = HUB_MODELS[name]
+                target = Path(directory).expanduser() / m.repo_id.split("/")[-1] if directory is not None else None
+                path = resolve_hub_model(name, directory=target)
+                size = sum((path / f).stat().st_size for f in m.files)
+                where = f"set {m.config_key}={path}" if target is not None else "Hugging Face cache"
+            else:
+                w = entry(name)
+                path = resolve(name, directory=directory)
+                size = path.stat().st_size
+                where = f"ships with {w.package_path[0]}" if w.package_path else "cached"
         except MissingWeightsError as e:
             failed.append(name)
             report(f"FAILED {name}: {e}")
             continue
-        where = f"ships with {w.package_path[0]}" if w.package_path else "cached"
-        report(f"ok     {name}: {path} ({path.stat().st_size / 2**20:.2f} MiB, {where})")
+        report(f"ok     {name}: {path} ({size / 2**20:.2f} MiB, {where})")
     return failed
 
+
+@dataclass(frozen=True)
+class HubModel:
+    name: str  # `latentae fetch-weights --only NAME`
+    repo_id: str  # the default Hugging Face model id
+    files: tuple[str, ...]  # what from_pretrained needs (safetensors only: no pickled weights)
+    used_for: str  # what needs it, and how to run without it
+    config_key: str  # the config key that names the model (a hub id or a local directory)
+
+
+HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
+    HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
+             "the VF alignment loss (set loss.vf.weight=0 to train without it)", "loss.vf.model"),
+]}
+
+
+def hf_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set since."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else names a local directory."""
+    return source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def resolve_hub_model(
+    name: str,  # a HUB_MODELS key
+    source: str | None = None,  # a local directory or a hub id (default: the entry's repo_id)
+    *,
+    directory: str | Path | None = None,  # fetch into this plain directory instead of the Hugging Face cache
+    download: bool = True,  # False: only look, never touch the network
+) -> Path:
+    """A local directory holding the model's files; raises MissingWeightsError (one line) when it cannot be had."""
+    from huggingface_hub import constants, hf_hub_download
+
+    m = HUB_MODELS[name]
+    source = source or m.repo_id
+    local = Path(source).expanduser()
+    if local.is_dir() or _looks_like_path(source):
+        missing = [f for f in m.files if not (local / f).is_file()]
+        if missing:
+            what = f"missing {', '.join(missing)} in" if local.is_dir() else "no such directory:"
+            raise MissingWeightsError(
+                f"config key '{m.config_key}': {what} {local} (a directory with {', '.join(m.files)}, e.g. from "
+                f"`latentae fetch-weights --only {name} --dir DIR`, is needed for {m.used_for})")
+        return local
+    where = {"local_dir": str(directory)} if directory is not None else {}
+    missing = []
+    for f in m.files:
+        try:
+            hf_hub_download(source, f, local_files_only=True, **where)
+        except (OSError, ValueError):  # ValueError: not a valid hub id
+            missing.append(f)
+    if missing:
+        reason = "HF_HUB_OFFLINE is set" if hf_offline() else None if download else "downloads disabled"
+        if reason is None:
+            try:
+                for f in missing:
+                    hf_hub_download(source, f, **where)
+            except (OSError, ValueError) as e:  # no network, unknown repo (huggingface_hub's errors are OSErrors)
+                reason = _first_line(e)
+        if reason is not None:
+            cache = directory if directory is not None else constants.HF_HUB_CACHE
+            other = "" if source == m.repo_id else \
+                f" (that fetches {m.repo_id}; for {source}: `hf download {source} {' '.join(m.files)}`)"
+            raise MissingWeightsError(
+                f"{name} model '{source}' not found: {', '.join(missing)} missing from the Hugging Face cache "
+                f"{cache} and not downloaded ({reason}). It is needed for {m.used_for}. Run `latentae "
+                f"fetch-weights --only {name}`{other} on a machine with internet access and copy the cache here "
+                f"(or point HF_HUB_CACHE at a copy), or set {m.config_key} to a local directory with "
+                f"{', '.join(m.files)}")
+    return Path(hf_hub_download(source, m.files[0], local_files_only=True, **where)).parent

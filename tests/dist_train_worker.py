@@ -27,6 +27,10 @@ def flat(module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
 
+def generator(run) -> torch.Tensor:  # what the generator's optimizer trains: the model (and loss.vf's projection)
+    return torch.cat([p.detach().reshape(-1) for p in run.generator_params])
+
+
 def same_on_all_ranks(t: torch.Tensor) -> bool:
     # exact: gloo reduces each gradient chunk once and sends every rank the same bits, and every rank applies the
     # same update to the same weights
@@ -43,10 +47,10 @@ batches = iter(train_loader(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.
 monitor = Monitor(acc, start_step=0, max_steps=cfg.train.max_steps, log_every=1, images_per_step=1)
 report = {"world_size": acc.num_processes, "steps": []}
 for step in range(cfg.train.max_steps):
-    before_g, before_d = flat(run.model), flat(run.loss.discriminator)
+    before_g, before_d = generator(run), flat(run.loss.discriminator)
     run.train_step(batches, step, monitor)
     run.state.step = step + 1
-    g, d = flat(run.model), flat(run.loss.discriminator)
+    g, d = generator(run), flat(run.loss.discriminator)
     keys = run.last_images[0][:, :, :4, :4].reshape(-1)[:16].contiguous()
     report["steps"].append({
         "generator_identical": same_on_all_ranks(g),
@@ -58,11 +62,11 @@ for step in range(cfg.train.max_steps):
         "different_data": not same_on_all_ranks(keys),
     })
 saved = checkpoint.save(acc, Path(out_dir) / "checkpoints", run.state.step, keep=2)
-expected = flat(run.model)
+expected = generator(run)
 cfg2 = load_run_config(preset, overrides + ["train.resume=auto"])
 resumed = Run(cfg2)
 report["resumed_step"] = resumed.state.step
-report["resumed_identical"] = bool(torch.equal(flat(resumed.model), expected))
+report["resumed_identical"] = bool(torch.equal(generator(resumed), expected))
 report["checkpoint"] = saved.name
 Path(verdict_dir, f"rank{rank}.json").write_text(json.dumps(report))
 acc.wait_for_everyone()

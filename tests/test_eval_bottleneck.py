@@ -113,5 +113,5 @@ def test_unknown_metric_and_non_autoencoder_rejected():
 
     with pytest.raises(LatentaeError, match="unknown metric.*psim.*choose from psnr, ssim, lpips, rfid"):
         evaluate(KLAutoencoder(**TINY), batches(), metrics=("psnr", "psim"))
-    with pytest.raises(ModelFormatError, match="takes a KLAutoencoder or VQTokenizer"):
+    with pytest.raises(ModelFormatError, match="takes a latentae model"):
         evaluate(torch.nn.Conv2d(3, 3, 1), batches())

@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from conftest import free_port
+from test_losses_alignment import dinov2_dir  # noqa: F401 (fixture)
 
 HERE = Path(__file__).resolve().parent
 REGULARIZERS = ["loss.equivariance.weight=1", "loss.equivariance.p=1", "loss.scale_equivariance.weight=0.5",
                 "loss.latent_noise.weight=0.5"]
+VF = ["loss.vf.weight=0.1", "loss.vf.model={dinov2_dir}"]  # the tiny DINOv2 of tests/test_losses_alignment.py
 
 
 @pytest.mark.slow
@@ -21,9 +23,11 @@ REGULARIZERS = ["loss.equivariance.weight=1", "loss.equivariance.p=1", "loss.sca
 # re-broadcasts the buffers). Per-rank running statistics may differ: D always runs in train mode, unused.
 # regularizers: the latent regularizers decode again through the plain module, outside the DDP wrapper, between
 # its forward and the same backward; ranks (different data, different random transforms) must stay identical.
-@pytest.mark.parametrize("norm, extra", [("group", []), ("batch", []), ("group", REGULARIZERS)],
+# loss.vf's projection, trained by the generator's optimizer outside the model, is synchronized by its own wrapper.
+@pytest.mark.parametrize("norm, extra", [("group", []), ("batch", []), ("group", REGULARIZERS + VF)],
                          ids=["group", "batch", "regularizers"])
-def test_two_process_training(tmp_path, demo_images, norm, extra):
+def test_two_process_training(tmp_path, demo_images, norm, extra, request):
+    extra = [e.format(dinov2_dir=request.getfixturevalue("dinov2_dir")) if "{" in e else e for e in extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(HERE / "dist_train_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path),

@@ -1,8 +1,14 @@
 """Reconstruction metrics of an autoencoder on an image set, with the protocol written next to the numbers.
 
-MODEL is anything `latentae.load` opens: a latentae export, a diffusers AutoencoderKL / VQModel directory (or a
-pipeline directory with vae/), an LDM .ckpt/.safetensors file. So SD's VAE and your own can be measured on the
-same images, the same way.
+MODEL is anything `latentae.load` opens: a latentae export, a diffusers AutoencoderKL / AutoencoderKLFlux2 /
+AutoencoderDC / AutoencoderTiny / VQModel directory (or a pipeline directory with vae/), an LDM .ckpt/.safetensors
+file. So SD's VAE, FLUX.2's, DC-AE, TAESD and your own can be measured on the same images, the same way.
+
+Several --model: side by side. The images are read and decoded once and go through every model; each model gets
+its full report in OUTPUT/NAME, and OUTPUT gets compare.md / compare.json (a row per model: PSNR, SSIM, LPIPS,
+rFID, latent shape, compression ratio = pixels x 3 / latent elements, encode and decode ms per image) and
+grid.png (inputs, then each model's reconstructions). With --resolution native the crop is a multiple of every
+model's downsampling factor.
 
 Protocol: each image's shorter side is resized to --resolution (bicubic, antialiased when shrinking; smaller
 images are upscaled) and the center square is cropped; with --resolution native the whole image is used, center-
@@ -20,8 +26,10 @@ Writes report.json, report.md, per_image.csv, grid.png (input / reconstruction /
 into --output, and prints the Markdown table. Runs on every process under torchrun / accelerate launch:
 
   latentae eval --model runs/f8/export --data ../shared/data/kodak --resolution native --output eval/f8-kodak
+  latentae eval --model sd-vae --model flux2-vae --model taesd --data ../shared/data/kodak --output eval/compare
   torchrun --nproc_per_node 8 eval/evaluate.py --model stabilityai-sd-vae --data val-{0000..0049}.tar
 """
+import math
 from pathlib import Path
 
 from latentae.cli import positive_int, non_negative_int
@@ -35,7 +43,8 @@ COMPARED = "the reconstruction is compared with that same crop, both rounded to 
 def add_arguments(p):
     from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
 
-    p.add_argument("--model", required=True, help="model directory or LDM checkpoint file")
+    p.add_argument("--model", required=True, action="append", help="model directory or LDM checkpoint file; "
+                   "repeat it to compare models side by side on the same images (one table, one grid)")
     p.add_argument("--data", required=True, help="image folder, image file, tar / shard pattern "
                    "(data-{0000..0009}.tar), glob, or a comma-separated list of these")
     p.add_argument("--resolution", type=resolution_or_native, default=256, help="center-crop side in pixels, or "
@@ -48,7 +57,8 @@ def add_arguments(p):
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
                    help="comma-separated subset of psnr,ssim,lpips,rfid (default: all)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
-    p.add_argument("--output", help="folder for the report files (default: eval-<model name>)")
+    p.add_argument("--output", help="folder for the report files (default: eval-<model name>, or eval-compare for "
+                   "several models)")
     p.add_argument("--grids", type=non_negative_int, default=8, help="images in grid.png (0: no grid; default: 8)")
     p.add_argument("--num-workers", type=non_negative_int, default=4,
                    help="image decoding processes per process (default: 4)")
@@ -57,13 +67,21 @@ def add_arguments(p):
                    f"GPU, else fp32 (default: {DEFAULT_PRECISION})")
 
 
+def _names(paths: list[str]) -> list[str]:
+    """Short unique names for the models: the folder or file name, its parent's too when two share it."""
+    names = [Path(p).resolve().name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{Path(p).resolve().parent.name}/{Path(p).resolve().name}" for p in paths]
+    return [n if names.count(n) == 1 else f"{i}:{n}" for i, n in enumerate(names)]
+
+
 def run(args):
     import torch
     from accelerate import Accelerator
 
     from latentae.data import DataConfig, eval_loader
     from latentae.data.transforms import crop_description
-    from latentae.evaluation import evaluate, markdown, write_report
+    from latentae.evaluation import evaluate_many, markdown, write_report
     from latentae.evaluation.evaluator import check_metrics
     from latentae.loading import load
     from latentae.models.blocks import model_downsample_factor
@@ -71,25 +89,48 @@ def run(args):
 
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = load(args.model, device=accelerator.device)
+    paths = args.model
+    models = {name: load(path, device=accelerator.device) for name, path in zip(_names(paths), paths)}
     native = args.resolution is None
-    factor = model_downsample_factor(model)
+    factors = {name: model_downsample_factor(m) for name, m in models.items()}
+    factor = math.lcm(*factors.values())  # native crops every model can take: the same images for all
     cfg = DataConfig(num_workers=args.num_workers, **({} if native else {"resolution": args.resolution}))
-    batches = eval_loader(cfg, batch_size=args.batch_size, rank=accelerator.process_index,
-                          world_size=accelerator.num_processes, source=args.data,
-                          native_multiple=factor if native else None)
-    result = evaluate(model, batches, metrics=metrics, lpips_net=args.lpips_net,
-                      bf16=resolve_precision(args.precision, device=accelerator.device) == "bf16",
-                      max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data)
+
+    def loader(rank=accelerator.process_index, world_size=accelerator.num_processes):
+        return eval_loader(cfg, batch_size=args.batch_size, rank=rank, world_size=world_size, source=args.data,
+                           native_multiple=factor if native else None)
+
+    bf16 = resolve_precision(args.precision, device=accelerator.device) == "bf16"
+    results = evaluate_many(models, loader(), metrics=metrics, lpips_net=args.lpips_net, bf16=bf16,
+                            max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data)
     if accelerator.is_main_process:
-        setup = {"model": str(args.model), "model_class": type(model).__name__, "data": str(args.data),
-                 "resolution": NATIVE if native else args.resolution,
-                 "crop": f"{crop_description(args.resolution, factor)}; {COMPARED}", "max_images": args.max_images}
+        output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if len(paths) == 1 else "eval-compare"))
+        base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,
+                "crop": f"{crop_description(args.resolution, factor)}; {COMPARED}", "max_images": args.max_images}
         if "lpips" in metrics:
-            setup["lpips_net"] = args.lpips_net
-        output = Path(args.output or f"eval-{Path(args.model).resolve().name}")
-        written = write_report(result, output, setup)
-        print(markdown(result, setup))
-        print(f"wrote {', '.join(str(p) for p in written.values())}")
+            base["lpips_net"] = args.lpips_net
+        written = []
+        for (name, result), path in zip(results.items(), paths):
+            setup = {"model": str(path), "model_class": type(models[name]).__name__, **base}
+            folder = output if len(paths) == 1 else output / name.replace("/", "_").replace(":", "_")
+            written += write_report(result, folder, setup).values()
+            if len(paths) == 1:
+                print(markdown(result, setup))
+        if len(paths) > 1:
+            written += _compare(models, results, loader, bf16, output, base, paths)
+        print(f"wrote {', '.join(str(p) for p in written)}")
     accelerator.wait_for_everyone()
     return 0
+
+
+def _compare(models, results, loader, bf16, output, setup, paths):
+    """The side-by-side table and grid; timings on the first batch (main process, every model alike)."""
+    from latentae.evaluation.compare import comparison_markdown, comparison_rows, speed_and_shape, write_comparison
+
+    device = next(next(iter(models.values())).parameters()).device
+    first = next(iter(loader(rank=0, world_size=1)))["image"].to(device)
+    speeds = {name: {"family": m.family, **speed_and_shape(m, first, bf16=bf16)} for name, m in models.items()}
+    setup = {"models": ", ".join(f"{n} = {p}" for n, p in zip(models, paths)), **setup}
+    written = write_comparison(results, speeds, output, setup)
+    print(comparison_markdown(comparison_rows(results, speeds), setup))
+    return list(written.values())

@@ -9,6 +9,12 @@ Run it once on a machine with internet access (a login node) before training on 
 Files: vgg16 and alexnet (torchvision ImageNet trunks of LPIPS), lpips-vgg and lpips-alex (LPIPS linear heads,
 shipped inside the lpips package: only checked), inception (torch-fidelity's FID network). Already cached files
 are not downloaded again. Exit status 1 when any file is missing at the end.
+
+Only when named (1.2 GB, needed only with loss.vf.weight > 0): dinov2 (facebook/dinov2-large, the VF alignment
+loss's feature model) goes into the Hugging Face cache (`$HF_HOME/hub`), or with --dir to DIR/dinov2-large, a
+directory to set as loss.vf.model:
+
+  latentae fetch-weights --only dinov2
 """
 from __future__ import annotations
 
@@ -16,14 +22,17 @@ import argparse
 
 from latentae import weights
 
-HELP = "download the pretrained weights (LPIPS trunks, Inception for FID) for offline use"
+HELP = "download the pretrained weights (LPIPS trunks, Inception for FID; DINOv2 on request) for offline use"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--only", metavar="NAME", action="append", choices=list(weights.REGISTRY),
-                        help=f"fetch only this file (repeatable): {', '.join(weights.REGISTRY)}")
+    hub = ", ".join(weights.HUB_MODELS)
+    parser.add_argument("--only", metavar="NAME", action="append", choices=[*weights.REGISTRY, *weights.HUB_MODELS],
+                        help=f"fetch only this file (repeatable): {', '.join(weights.REGISTRY)}, and {hub} (only "
+                             f"fetched when named)")
     parser.add_argument("--dir", metavar="DIR", default=None,
-                        help="target directory (default: torch's hub cache, $TORCH_HOME/hub/checkpoints)")
+                        help=f"target directory (default: torch's hub cache, $TORCH_HOME/hub/checkpoints; {hub}: the "
+                             f"Hugging Face cache, or with --dir a subdirectory DIR/<model>)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -147,7 +147,7 @@ def _codebook(model, args, resolution):
 def _anomaly(model, args, resolution):
     from latentae.inspect import anomaly_scores, image_grid
 
-    score = args.score or ("elbo" if model.family == "kl" else "recon")
+    score = args.score or ("elbo" if hasattr(model, "posterior") else "recon")
     ranked = anomaly_scores(model, args.data, score=score, resolution=resolution, batch_size=args.batch_size,
                             keep_images=args.top)
     lines = [f"{i + 1:>5} {s.score:>12.6g}  {s.key}" for i, s in enumerate(ranked)]

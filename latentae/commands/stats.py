@@ -1,4 +1,5 @@
-"""Latent statistics of a KL autoencoder and the normalization constants diffusion pipelines need.
+"""Latent statistics of a continuous-latent autoencoder (KL, FLUX.2, DC-AE, tiny) and the normalization constants
+diffusion pipelines need.
 
 Measures the global and per-channel mean and standard deviation of the latents, either of images (--data,
 encoded on the fly at their native size like `latentae encode`, or at --resolution) or of `latentae encode`
@@ -13,6 +14,7 @@ convention does not use are set to null and every other key is left as it is:
   sd    scaling_factor                  (StableDiffusionPipeline, DiTPipeline, ...: z * scaling_factor)
   sd3   scaling_factor + shift_factor   (SD3 / FLUX pipelines: (z - shift_factor) * scaling_factor)
   sdxl  latents_mean + latents_std, scaling_factor 1   (SDXL-family pipelines; 4 latent channels only)
+  flux2 bn running mean / var of the 2x2-patchified latents, in the weights (Flux2Pipeline; FLUX.2 models' default)
 
   latentae stats --model out/export --data kodak/ --write
 """
@@ -34,15 +36,17 @@ def add_arguments(p):
     p.add_argument("--max-images", type=positive_int, help="--data: use the first N images only (files in order, "
                    "each in stored order)")
     p.add_argument("--write", action="store_true", help="write the constants into the model's config.json")
-    p.add_argument("--convention", choices=CONVENTIONS, default="sd", help="which constants --write stores "
-                   "(default: sd)")
+    p.add_argument("--convention", choices=CONVENTIONS, default=None, help="which constants --write stores "
+                   "(default: flux2 for FLUX.2 models, else sd)")
 
 
 def run(args):
+    import math
+
     from latentae.errors import LatentaeError
     from latentae.latents.options import DEFAULT_PRECISION
     from latentae.latents.runtime import default_device
-    from latentae.latents.stats import latent_stats, latent_stats_of_images, write_normalization
+    from latentae.latents.stats import latent_stats, latent_stats_of_images, stats_patch, write_normalization
     from latentae.loading import load
 
     if args.latents and (args.max_images or args.resolution or args.precision != DEFAULT_PRECISION
@@ -50,23 +54,33 @@ def run(args):
         raise LatentaeError("--max-images, --resolution, --precision and --channels-last apply to --data "
                             "(images to encode), not to --latents")
     model = load(args.model)
-    if model.family != "kl":
-        raise LatentaeError(f"latent statistics apply to KL autoencoders; {args.model} is a "
+    if model.family == "vq":
+        raise LatentaeError(f"latent statistics apply to continuous latents; {args.model} is a "
                             f"{type(model).__name__} (token ids need no normalization)")
+    patch = stats_patch(model)
+    convention = args.convention or ("flux2" if patch else "sd")
+    if (convention == "flux2") != bool(patch):
+        raise LatentaeError(f"--convention {convention} does not fit {args.model}: flux2 is the convention of "
+                            "FLUX.2 models (latent_norm: flux2), and theirs only")
     if args.latents:
-        stats = latent_stats(args.latents, of=args.of)
+        stats = latent_stats(args.latents, of=args.of, patch=patch)
     else:
         stats = latent_stats_of_images(model, args.data, of=args.of, batch_size=args.batch_size,
                                        resolution=args.resolution, precision=args.precision,
                                        channels_last=args.channels_last, device=default_device(),
                                        workers=max(0, args.workers), max_images=args.max_images,
                                        max_pixels=args.max_pixels)
-    if len(stats.mean) != model.config["latent_channels"]:
+    channels = model.config["latent_channels"] * (math.prod(patch) if patch else 1)
+    if len(stats.mean) != channels:
         raise LatentaeError(f"{args.latents} holds {len(stats.mean)}-channel latents; {args.model} has "
-                            f"{model.config['latent_channels']} latent channels")
+                            f"{channels} (normalized) latent channels")
     print(stats.table())
     if args.write:
-        values = write_normalization(args.model, stats, args.convention)
-        shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        print(f"wrote {shown} ({args.convention} convention) to the config.json of {args.model}")
+        values = write_normalization(args.model, stats, convention)
+        if convention == "flux2":
+            print(f"wrote the bn running mean and variance of {len(stats.mean)} patchified channels (flux2 "
+                  f"convention) to the weights of {args.model}")
+        else:
+            shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            print(f"wrote {shown} ({convention} convention) to the config.json of {args.model}")
     return 0

@@ -115,8 +115,25 @@ def _mean(values) -> float:
     return sum(values) / len(values)
 
 
+class LatentShape:
+    """Deterministic autoencoders (DC-AE, tiny): no posterior, no codebook; latent_shape: [C, h, w] of the
+    first image's latent."""
+
+    def __init__(self):
+        self.shape: list[int] | None = None
+
+    def update(self, output: AutoencoderOutput, images: Tensor) -> None:
+        if self.shape is None and len(output.latent):
+            self.shape = list(output.latent.shape[1:])
+
+    def compute(self) -> dict:
+        return {} if self.shape is None else {"latent_shape": self.shape}
+
+
 def bottleneck_stats(model, device: torch.device, *, active_threshold: float = ACTIVE_THRESHOLD):
-    """The statistics object for `model`'s family (KLAutoencoder or VQTokenizer)."""
+    """The statistics object for `model`: codebook (tokenizers), KL (posterior models), else the latent shape."""
     if model.family == "vq":
         return CodebookStats.for_model(model, device)
-    return KLStats.for_model(model, device, active_threshold)
+    if hasattr(model, "posterior"):
+        return KLStats.for_model(model, device, active_threshold)
+    return LatentShape()

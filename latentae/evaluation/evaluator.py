@@ -134,49 +134,83 @@ def _reconstruct(model: nn.Module, x: Tensor, bf16: bool):
     """The model's AutoencoderOutput for fp32 images `x`; KL models decode the posterior mean."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         x = x.to(model.dtype)
-        return model(x, sample_posterior=False) if model.family == "kl" else model(x)
+        return model(x, sample_posterior=False) if hasattr(model, "posterior") else model(x)
+
+
+FAMILIES = ("kl", "vq", "dc", "tiny")
+
+
+class _ModelRun:
+    """One model's meters, bottleneck statistics, per-image values and examples during an evaluation."""
+
+    def __init__(self, model, *, metrics, lpips_net, lpips_trunk, fid_feature, fid_weights, active_threshold, device):
+        self.model = model
+        self.meters, self.unavailable = _build_meters(metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk,
+                                                      fid_feature=fid_feature, fid_weights=fid_weights, device=device)
+        self.stats = bottleneck_mod.bottleneck_stats(model, device, active_threshold=active_threshold)
+        per_image_fns = {"psnr": psnr_per_image, "ssim": ssim_per_image, "lpips": self.meters.get("lpips")}
+        self.per_image_fns = {k: fn for k, fn in per_image_fns.items() if k in metrics and fn is not None}
+        self.values: dict[str, list[Tensor]] = {k: [] for k in self.per_image_fns}
+        self.kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
+
+    def add(self, x: Tensor, bf16: bool, examples: int) -> None:
+        out = _reconstruct(self.model, x, bf16)
+        real, fake = to_uint8(x), to_uint8(out.reconstruction)
+        for name, fn in self.per_image_fns.items():
+            self.values[name].append(fn(real, fake).double())
+        if "rfid" in self.meters:
+            self.meters["rfid"].update(real, fake)
+        self.stats.update(out, x)
+        taken = sum(len(t) for t in self.kept["input"])
+        if taken < examples and (not taken or real.shape[1:] == self.kept["input"][0].shape[1:]):
+            self.kept["input"].append(real[: examples - taken].cpu())
+            self.kept["reconstruction"].append(fake[: examples - taken].cpu())
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,  # KLAutoencoder or VQTokenizer (an accelerate-prepared one is unwrapped)
+def evaluate(model: nn.Module, batches: Iterable[dict], **options) -> EvalResult:
+    """Reconstruct every image of `batches` and measure it; see `evaluate_many` for the options and the module
+    docstring for the protocol. Every rank must call this (collectives run at the end)."""
+    return evaluate_many({"model": model}, batches, **options)["model"]
+
+
+@torch.no_grad()
+def evaluate_many(
+    models: dict[str, nn.Module],  # name -> latentae model (any family; an accelerate-prepared one is unwrapped)
     batches: Iterable[dict],  # this rank's {"image": float [B, 3, H, W] in [-1, 1], "key": [...]} batches
     # (an eval_loader's also carry "position": the order of the per-image values)
     *,
     metrics: Sequence[str] = DEFAULT_METRICS,  # any of psnr, ssim, lpips, rfid; bottleneck stats always run
-    accelerator=None,  # accelerate.Accelerator that prepared `model` (to unwrap it); collectives need no more
+    accelerator=None,  # accelerate.Accelerator that prepared the models (to unwrap them); collectives need no more
     lpips_net: str = "alex",  # LPIPS trunk: alex (the usual metric) or vgg
     lpips_trunk: str | Path | None = None,  # explicit trunk weight file (default: latentae.weights lookup)
     fid_feature: int | nn.Module = 2048,  # Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
     fid_weights: str | Path | None = None,  # explicit Inception weight file (default: latentae.weights lookup)
-    bf16: bool = False,  # run the model under bf16 autocast (metrics stay fp32 / fp64)
+    bf16: bool = False,  # run the models under bf16 autocast (metrics stay fp32 / fp64)
     max_images: int | None = None,  # the first N images of the data's order (any process count); None: all
     examples: int = 0,  # keep this many of the main process's first inputs / reconstructions (for grids)
     active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
     progress: bool = False,  # progress bar with images/s on the main process (when stderr is a terminal)
     data_name: str = "the evaluation data",  # how error messages name the data
-) -> EvalResult:
-    """Reconstruct every image of `batches` and measure it; see the module docstring. Every rank must call this
-    (collectives run at the end). The model is left as it was (eval mode inside, train mode restored)."""
+) -> dict[str, EvalResult]:
+    """Every model of `models` on the same images, read and decoded once: each batch goes through every model
+    before the next is read. One EvalResult per model, each equal to that model's own `evaluate`. The models
+    are left as they were (eval mode inside, train mode restored)."""
     metrics = check_metrics(metrics)
     if accelerator is not None:
-        model = accelerator.unwrap_model(model)
-    if getattr(model, "family", None) not in ("kl", "vq"):
-        raise ModelFormatError(f"evaluate() takes a KLAutoencoder or VQTokenizer (latentae.load opens the others), "
-                               f"got {type(model).__name__}")
-    device = next(model.parameters()).device  # under accelerate: the accelerator's device
+        models = {name: accelerator.unwrap_model(m) for name, m in models.items()}
+    for m in models.values():
+        if getattr(m, "family", None) not in FAMILIES:
+            raise ModelFormatError(f"evaluate() takes a latentae model (latentae.load opens the diffusers ones), "
+                                   f"got {type(m).__name__}")
+    device = next(next(iter(models.values())).parameters()).device  # under accelerate: the accelerator's device
     rank, ranks = _rank(), world_size()
     main = rank == 0
-
-    meters, unavailable = _build_meters(metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk,
-                                        fid_feature=fid_feature, fid_weights=fid_weights, device=device)
-    stats = bottleneck_mod.bottleneck_stats(model, device, active_threshold=active_threshold)
-    per_image_fns = {"psnr": psnr_per_image, "ssim": ssim_per_image, "lpips": meters.get("lpips")}
-    per_image_fns = {k: fn for k, fn in per_image_fns.items() if k in metrics and fn is not None}
-    values: dict[str, list[Tensor]] = {k: [] for k in per_image_fns}
+    runs = {name: _ModelRun(m, metrics=metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk, fid_feature=fid_feature,
+                            fid_weights=fid_weights, active_threshold=active_threshold, device=device)
+            for name, m in models.items()}
     keys: list[str] = []
     positions: list[tuple] = []  # in the data's order; (rank, index) for batches without one: rank order
-    kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
     skips_before = _skip_counts(batches)
     batches, cap = _capped(batches, max_images, ranks)
 
@@ -185,73 +219,75 @@ def evaluate(
     # disable=None: no bar when stderr is not a terminal (logs, captured output)
     bar = tqdm(total=_local_cap(max_images, rank, ranks), unit="img", desc="eval", dynamic_ncols=True,
                disable=None if progress and main else True)
-    was_training = model.training
-    model.eval()
+    was_training = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
     try:
         for batch in batches if cap != 0 else ():
             images = batch["image"] if cap is None else batch["image"][: cap - len(keys)]
             if not len(images):
                 continue
             x = images.to(device, non_blocking=True)
-            out = _reconstruct(model, x, bf16)
-            real, fake = to_uint8(x), to_uint8(out.reconstruction)
-            for name, fn in per_image_fns.items():
-                values[name].append(fn(real, fake).double())
-            if "rfid" in meters:
-                meters["rfid"].update(real, fake)
-            stats.update(out, x)
+            for run in runs.values():
+                run.add(x, bf16, examples)
             placed = batch.get("position") or [(rank, len(keys) + i) for i in range(len(images))]
             positions.extend(tuple(p) for p in placed[: len(images)])
             keys.extend(batch["key"][: len(images)])
-            taken = sum(len(t) for t in kept["input"])
-            if taken < examples and (not taken or real.shape[1:] == kept["input"][0].shape[1:]):
-                kept["input"].append(real[: examples - taken].cpu())
-                kept["reconstruction"].append(fake[: examples - taken].cpu())
             bar.update(len(images))
             if cap is not None and len(keys) >= cap:
                 break
     finally:
-        model.train(was_training)
+        for name, m in models.items():
+            m.train(was_training[name])
         bar.close()
 
     # One gather: every rank holds the whole set's values from here on.
     skipped = _total_skips(skips_before, _skip_counts(batches), device)
-    per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
-                 for k, v in values.items()}
     order = _global_order(gather_objects(positions))
     gathered_keys = gather_objects(keys)
     image_keys = [gathered_keys[i] for i in order]
-    per_image = {k: v[torch.tensor(order, dtype=torch.long, device=v.device)] for k, v in per_image.items()}
     n_images = len(image_keys)
     if n_images == 0:
         if skipped:
             detail = ", ".join(f"{r}={n}" for r, n in skipped.items())
             raise LatentaeError(f"every sample in {data_name} was skipped ({detail}): nothing to evaluate")
         raise LatentaeError(f"no images found in {data_name}")
+    index = torch.tensor(order, dtype=torch.long, device=device)
+    return {name: _result(run, index, n_images, image_keys, skipped, metrics, bf16, ranks, main)
+            for name, run in runs.items()}
 
+
+def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str], skipped: dict, metrics, bf16: bool,
+            ranks: int, main: bool) -> EvalResult:
+    """One model's EvalResult from its gathered values (collectives: every rank calls it, models in one order)."""
+    device = index.device
+    per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
+                 for k, v in run.values.items()}
+    per_image = {k: v[index.to(v.device)] for k, v in per_image.items()}
     results: dict[str, Any] = {k: float(v.mean()) for k, v in per_image.items()}
+    unavailable = dict(run.unavailable)
     protocol: dict[str, Any] = {"metrics": {}, "weight_files": {}, "notes": []}
     descriptions = {"psnr": PSNR_DESCRIPTION, "ssim": SSIM_DESCRIPTION}
     for name in metrics:
         if name in descriptions:
             protocol["metrics"][name] = descriptions[name]
-        elif name in meters:
-            protocol["metrics"][name] = meters[name].describe()
-            protocol["weight_files"][name] = meters[name].weight_files
-    if "rfid" in meters:
+        elif name in run.meters:
+            protocol["metrics"][name] = run.meters[name].describe()
+            protocol["weight_files"][name] = run.meters[name].weight_files
+    if "rfid" in run.meters:
         if n_images < 2:  # the same branch on every rank: n_images is global
             unavailable["rfid"] = f"FID needs at least 2 images, got {n_images}"
         else:
-            results["rfid"] = meters["rfid"].compute()
-            note = meters["rfid"].sample_note(n_images)
+            results["rfid"] = run.meters["rfid"].compute()
+            note = run.meters["rfid"].sample_note(n_images)
             if note:
                 protocol["notes"].append(note)
-    results.update(stats.compute())
-    protocol["bottleneck"] = inspect.cleandoc(type(stats).__doc__)
-    protocol["model_precision"] = "bf16 autocast" if bf16 else str(model.dtype).removeprefix("torch.")
+    results.update(run.stats.compute())
+    protocol["bottleneck"] = inspect.cleandoc(type(run.stats).__doc__)
+    protocol["model_precision"] = "bf16 autocast" if bf16 else str(run.model.dtype).removeprefix("torch.")
     protocol["processes"] = ranks
     return EvalResult(
         n_images=n_images, skipped=skipped, metrics=results, unavailable=unavailable, image_keys=image_keys,
         per_image={k: v.cpu().tolist() for k, v in per_image.items()}, protocol=protocol,
-        examples={k: torch.cat(v) for k, v in kept.items() if v} if main else {},
+        examples={k: torch.cat(v) for k, v in run.kept.items() if v} if main else {},
     )

@@ -33,8 +33,8 @@ def batches(spec: str, *, resolution: int, batch_size: int = 8, workers: int = 0
 def kl_per_channel(model, spec: str, *, resolution: int, batch_size: int = 8) -> tuple[torch.Tensor, int]:
     """Mean over images of KL(q || N(0, I)) per latent channel (nats, summed over positions): ([C], images).
     Channels near 0 carry no information (posterior collapse)."""
-    if model.family != "kl":
-        raise LatentaeError(f"KL per channel needs a KL autoencoder, not a {type(model).__name__}")
+    if not hasattr(model, "posterior"):
+        raise LatentaeError(f"KL per channel needs a KL autoencoder (a posterior), not a {type(model).__name__}")
     total, n = None, 0
     for batch in batches(spec, resolution=resolution, batch_size=batch_size):
         kl = model.posterior(batch["image"]).kl_per_channel().double().sum(0)
@@ -77,16 +77,17 @@ def anomaly_scores(model, spec: str, *, score: Literal["elbo", "recon"] = "elbo"
     themselves are kept for the first `keep_images` (memory stays flat on large folders)."""
     if score not in SCORES:
         raise LatentaeError(f"score must be one of {SCORES}, got {score!r}")
-    if score == "elbo" and model.family != "kl":
-        raise LatentaeError("the ELBO needs a KL autoencoder; rank a tokenizer with --score recon")
+    if score == "elbo" and not hasattr(model, "posterior"):
+        raise LatentaeError(f"the ELBO needs a KL autoencoder (a posterior); rank a {type(model).__name__} with "
+                            "--score recon")
     out: list[Scored] = []
     for batch in batches(spec, resolution=resolution, batch_size=batch_size):
         x = batch["image"]
-        if model.family == "kl":
+        if score == "elbo":
             posterior = model.posterior(x)
             rec = model.decode(posterior.mean)
-        else:
-            posterior, rec = None, model(x).reconstruction
+        else:  # KL: the posterior mean; VQ: the quantized latent
+            posterior, rec = None, model.decode(model.encode(x))
         sq = (rec.float() - x).pow(2).flatten(1)
         values = 0.5 * sq.sum(1) + posterior.kl() if score == "elbo" else sq.mean(1)
         out += [Scored(k, float(v), img.clone()) for k, v, img in zip(batch["key"], values, x)]

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from latentae.models.blocks import model_downsample_factor
+from latentae.models.latent_norm import denormalize, normalized_shape
 
 
 def lerp(a: Tensor, b: Tensor, t: float) -> Tensor:
@@ -49,19 +50,6 @@ def arithmetic(model, a: Tensor, b: Tensor, c: Tensor) -> dict[str, Tensor]:
 
 
 
-
-def denormalize(model, z: Tensor) -> Tensor:
-    """Normalized latents (what a diffusion model generates) -> the model's latents, as diffusers pipelines
-    undo the config's normalization: SDXL-style latents_mean/std, else SD3-style shift, else SD scale."""
-    cfg = model.config
-    scale = cfg.get("scaling_factor") or 1.0
-    if cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:
-        mean = torch.tensor(cfg["latents_mean"], dtype=z.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(cfg["latents_std"], dtype=z.dtype).view(1, -1, 1, 1)
-        return z * std / scale + mean
-    return z / scale + (cfg.get("shift_factor") or 0.0)
-
-
 @torch.inference_mode()
 def prior_samples(model, n: int, *, resolution: int, seed: int = 0, normalized: bool = False) -> list[Tensor]:
     """Decodes of `n` draws from the prior, `resolution` px square. KL: z ~ N(0, I), the prior the KL term
@@ -71,5 +59,8 @@ def prior_samples(model, n: int, *, resolution: int, seed: int = 0, normalized: 
     side = max(1, resolution // model_downsample_factor(model))
     if model.family == "vq":
         return list(model.detokenize(model.quantize.random_indices(n, side, side, generator=g)).float())
-    z = torch.randn(n, int(model.config["latent_channels"]), side, side, generator=g)
-    return list(model.decode(denormalize(model, z) if normalized else z).float())
+    shape = (int(model.config["latent_channels"]), side, side)
+    if normalized:
+        return list(model.decode(denormalize(model, torch.randn(n, *normalized_shape(model, *shape), generator=g)))
+                    .float())
+    return list(model.decode(torch.randn(n, *shape, generator=g)).float())

@@ -53,6 +53,9 @@ class LatentEncoder:
             raise LatentaeError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         self.runtime = runtime
         self.tokens = runtime.model.family == "vq"
+        if not self.tokens and not hasattr(runtime.model, "posterior") and store != "mean":
+            raise LatentaeError(f"a {type(runtime.model).__name__} is deterministic (no posterior): it stores its "
+                                "latents (store 'mean'), not posterior samples or logvar")
         self.member = TOKENS if self.tokens else LATENTS
         self.store = store
         self.seed = seed
@@ -64,6 +67,8 @@ class LatentEncoder:
         with self.runtime.context():
             if self.tokens:
                 out = self.runtime.model.tokenize(x).cpu()
+            elif self.store == "mean":  # also what a deterministic model has
+                mean = self.runtime.model.encode(x).float().cpu()
             else:
                 posterior = self.runtime.model.posterior(x)
                 mean, logvar = posterior.mean.float().cpu(), posterior.logvar.float().cpu()
@@ -95,7 +100,7 @@ def weights_fingerprint(model) -> str:
     """sha256 (16 hex digits) of the parameters that produce latents: the encoder side, not the decoder."""
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        if not name.startswith(("decoder.", "post_quant_conv.")):
+        if not name.removeprefix("vae.").startswith(("decoder.", "post_quant_conv.")):  # vae.: wrapped families
             h.update(f"{name}{list(p.shape)}".encode())
             h.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())  # raw bytes, any layout
     return h.hexdigest()[:16]

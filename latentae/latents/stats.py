@@ -10,6 +10,8 @@ Conventions (how diffusers pipelines undo the normalization, see `write_normaliz
   sd3   scaling_factor = 1 / std, shift_factor = mean    z_model = (z - shift) * scaling_factor (SD3, FLUX)
   sdxl  latents_mean / latents_std per channel, scaling_factor 1
                                                          z_model = (z - mean_c) / std_c (SDXL-family pipelines)
+  flux2 per-channel mean / variance of the 2x2-patchified latents, into AutoencoderKLFlux2's bn running statistics
+                                                         z_model = (patchify(z) - mean_c) / sqrt(var_c + eps)
 std is the centered standard deviation over all latent values (all channels and positions).
 """
 from __future__ import annotations
@@ -96,9 +98,10 @@ class _Moments:
         self.n += len(s1) * positions
         self.images += len(s1)
 
-    def add_latents(self, array: np.ndarray, store: str, of: str) -> None:
-        """A batch of stored latents [B, C or 2C, h, w] (see format.py) for statistics `of` sample / mean."""
-        self.add(*_mean_second(array, store, of))
+    def add_latents(self, array: np.ndarray, store: str, of: str, patch: tuple[int, int] | None = None) -> None:
+        """A batch of stored latents [B, C or 2C, h, w] (see format.py) for statistics `of` sample / mean, of the
+        patchified latents with `patch`."""
+        self.add(*_patchified(*_mean_second(array, store, of), patch))
 
     def result(self, of: str) -> LatentStats:
         if not self.n:
@@ -124,6 +127,20 @@ def _mean_second(array: np.ndarray, store: str, of: str) -> tuple[np.ndarray, np
         return mean, mean**2
     raise LatentaeError(f"the latents were stored as {store}s only: statistics of posterior {of}s need "
                         f"mean and logvar (encode with --store both), or use --of {store}")
+
+
+def stats_patch(model) -> tuple[int, int] | None:
+    """The patch the model's pipeline normalizes latents in (FLUX.2: statistics per patchified channel)."""
+    return tuple(model.config["patch_size"]) if model.config.get("latent_norm") == "flux2" else None
+
+
+def _patchified(mean: np.ndarray, second: np.ndarray, patch: tuple[int, int] | None):
+    """E[z] and E[z^2] per position of the patchified latents (both are per-element, so they patchify alike)."""
+    if patch is None:
+        return mean, second
+    from latentae.models.latent_norm import patchify
+
+    return tuple(patchify(torch.from_numpy(a), patch).numpy() for a in (mean, second))
 
 
 def _image_sums(mean: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -161,25 +178,27 @@ class _FirstImages:
             moments.add_images(s1[None], s2[None], positions)
 
 
-def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_size: int = 64) -> LatentStats:
-    """Statistics of `latentae encode` output `spec` (KL latents)."""
+def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_size: int = 64,
+                 patch: tuple[int, int] | None = None) -> LatentStats:
+    """Statistics of `latentae encode` output `spec` (continuous latents), of the latents patchified with `patch`
+    (FLUX.2's 2x2: see stats_patch)."""
     moments = _Moments()
     pending: list[np.ndarray] = []
     store = None
     for sample in iter_encoded(spec):
         if "latents" not in sample:
-            raise LatentaeError(f"{spec} holds token ids: latent statistics apply to KL autoencoders")
+            raise LatentaeError(f"{spec} holds token ids: latent statistics apply to continuous latents")
         sample_store = sample["meta"].get("store", "both")
         if pending and (sample_store != store or sample["latents"].shape != pending[0].shape):
-            moments.add_latents(np.stack(pending), store, of)
+            moments.add_latents(np.stack(pending), store, of, patch)
             pending = []
         store = sample_store
         pending.append(sample["latents"])
         if len(pending) == batch_size:
-            moments.add_latents(np.stack(pending), store, of)
+            moments.add_latents(np.stack(pending), store, of, patch)
             pending = []
     if pending:
-        moments.add_latents(np.stack(pending), store, of)
+        moments.add_latents(np.stack(pending), store, of, patch)
     return moments.result(of)
 
 
@@ -191,10 +210,12 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = 
     native size (default: center-cropped to a multiple of the model's downsampling factor, as `latentae encode`
     does) or center-cropped to `resolution`; the first `max_images` (files in order, each in stored order)
     only if set."""
-    if model.family != "kl":
-        raise LatentaeError(f"latent statistics apply to KL autoencoders, not {type(model).__name__}")
+    if model.family == "vq":
+        raise LatentaeError(f"latent statistics apply to continuous latents, not to {type(model).__name__}'s "
+                            "token ids")
+    patch = stats_patch(model)
+    jobs = plan_jobs(expand_sources(data), images_per_shard=1000)  # bad data fails before the model is set up
     runtime = Runtime(model, device=device, precision=precision, channels_last=channels_last)
-    jobs = plan_jobs(expand_sources(data), images_per_shard=1000)
     moments = _Moments()
     first = _FirstImages(max_images) if max_images is not None else None
     loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, multiple=model_downsample_factor(model),
@@ -202,9 +223,13 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = 
     for batch in loader:
         if batch["items"]:
             with torch.inference_mode(), runtime.context():
-                posterior = model.posterior(runtime.inputs(batch["image"]))
-                stored = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
-            mean, second = _mean_second(stored, "both", of)
+                x = runtime.inputs(batch["image"])
+                if hasattr(model, "posterior"):
+                    posterior = model.posterior(x)
+                    stored, store = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy(), "both"
+                else:  # deterministic (DC-AE, tiny): the latent is its own sample
+                    stored, store = model.encode(x).float().cpu().numpy(), of
+            mean, second = _patchified(*_mean_second(stored, store, of), patch)
             if first is None:
                 moments.add(mean, second)
             else:
@@ -219,24 +244,64 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = 
 
 
 def write_normalization(model_dir: str | Path, stats: LatentStats, convention: str = "sd") -> dict:
-    """Set the normalization keys of `convention` in the config.json of an AutoencoderKL directory (an export
-    or a pipeline's vae/), leaving every other key as it is; returns the values written."""
+    """Store the normalization of `convention` in a diffusers directory (an export or a pipeline's vae/): the
+    config.json keys of sd / sd3 / sdxl (AutoencoderKL, and the keys AutoencoderDC / AutoencoderTiny take),
+    leaving every other key as it is; or, for flux2, the running statistics of AutoencoderKLFlux2's `bn` in its
+    weights file. Returns the values written."""
+    import inspect
+
+    import diffusers
+
     from latentae.loading import model_dir as resolve_model_dir  # a pipeline directory -> its vae/
 
     path = resolve_model_dir(Path(model_dir)) / "config.json"
     config = json.loads(path.read_text())
-    if config.get("_class_name") != "AutoencoderKL":
-        raise LatentaeError(f"{path} describes a {config.get('_class_name')}: --write needs a diffusers "
-                            "AutoencoderKL directory (export the model with `latentae export` first)")
-    values = stats.normalization(convention)
+    name = config.get("_class_name")
+    expected = ("AutoencoderKLFlux2",) if convention == "flux2" else ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny")
+    if name not in expected:
+        other = " (its pipeline normalizes with the bn statistics: use --convention flux2)" \
+            if name == "AutoencoderKLFlux2" else ""
+        raise LatentaeError(f"{path} describes a {name}: --write with the {convention} convention needs a diffusers "
+                            f"{' / '.join(expected)} directory{other} (export the model with `latentae export` "
+                            "first)")
     channels = int(config.get("latent_channels", len(stats.mean)))
+    if convention == "flux2":
+        channels *= math.prod(config.get("patch_size", (2, 2)))
     if channels != len(stats.mean):
-        raise LatentaeError(f"{path}: the model has {channels} latent channels, the statistics {len(stats.mean)}")
+        raise LatentaeError(f"{path}: the model has {channels} (normalized) latent channels, the statistics "
+                            f"{len(stats.mean)}")
+    if convention == "flux2":
+        return _write_bn_statistics(path.parent, stats)
+    values = stats.normalization(convention)
     if convention == "sdxl" and channels != 4:
         raise LatentaeError(f"the sdxl convention needs 4 latent channels (diffusers' SDXL pipelines reshape "
                             f"latents_mean/std to 4), this model has {channels}: use sd or sd3")
+    takes = inspect.signature(getattr(diffusers, name).__init__).parameters
+    missing = [k for k, v in values.items() if k not in takes and v is not None]
+    if missing:
+        raise LatentaeError(f"{name} has no {', '.join(missing)}: the {convention} convention does not apply to it "
+                            f"(use sd)")
+    values = {k: v for k, v in values.items() if k in takes}
     config.update(values)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return values
+
+
+def _write_bn_statistics(directory: Path, stats: LatentStats) -> dict:
+    """bn.running_mean / running_var of an AutoencoderKLFlux2 weights file := the measured per-channel mean and
+    variance of the patchified latents (what its pipeline normalizes with), written atomically."""
+    from safetensors.torch import load_file, save_file
+
+    weights = directory / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise LatentaeError(f"{directory}: --write needs the safetensors weights {weights.name}")
+    state = load_file(weights)
+    mean = torch.tensor(stats.mean, dtype=state["bn.running_mean"].dtype)
+    var = torch.tensor(stats.std, dtype=torch.float64).square().to(state["bn.running_var"].dtype)
+    state["bn.running_mean"], state["bn.running_var"] = mean, var
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(state, tmp, metadata={"format": "pt"})
+    os.replace(tmp, weights)
+    return {"bn.running_mean": mean.tolist(), "bn.running_var": var.tolist()}

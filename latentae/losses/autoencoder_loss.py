@@ -7,6 +7,9 @@ Generator (mode="generator"):
         + sum(weight * term) of the latent regularizers that are on (equivariance, scale_equivariance,
           latent_noise: latentae/losses/equivariance.py, latent_noise.py), each the same pixel + perceptual
           reconstruction loss of a transformed / noised latent decoded again
+        + vf_weight * vf                  (loss.vf: VA-VAE's DINOv2 alignment of the latent, see
+                                           latentae/losses/alignment.py; vf_weight, adaptive at the encoder's last
+                                           layer, is logged as `vf/weight`)
   with adaptive_weight = disc.weight * clamp(|grad rec| / |grad g_adv|, 0, disc.adaptive_max) at the decoder's
   last layer when disc.adaptive, else disc.weight.
 Discriminator (mode="discriminator"), from disc.start - disc.warmup_steps on:
@@ -16,12 +19,14 @@ Everything is computed in fp32 with autocast off (the model may run under bf16 a
 are the terms before their weight, in the configured reduction; the weights are logged beside them
 (`kl/weight`, `adaptive_weight`: the weight actually applied to `loss/g_adv`, also when it is fixed), so
 `loss/total` is their weighted sum. Keys carry no `train/` prefix. A regularizer logs `loss/<name>` on the steps
-it is computed (EQ-VAE's only with probability p).
+it is computed (EQ-VAE's only with probability p); `loss/vf` is a mean over positions whatever the reduction.
 
 Distributed use: keep this module (and its LPIPS) out of `accelerator.prepare`; prepare only
 `loss.discriminator` and hand the wrapper back with `set_prepared_discriminator`, so the discriminator update
 goes through DDP (otherwise each rank's D would train on its own gradients). The generator pass calls the
-plain module with D frozen: D gets no gradient there, so there is nothing to synchronize.
+plain module with D frozen: D gets no gradient there, so there is nothing to synchronize. Likewise prepare the
+VF term's projection (`loss.vf.projection`, trained by the generator's optimizer) and hand it back with
+`loss.vf.set_prepared_projection`; DINOv2 is frozen and never prepared.
 
 The generator is judged by the discriminator the D step trains: a batch-norm D (which normalizes over the
 batch) sees `cat([images, rec])` in the generator pass too, exactly as in its own step, and the fake half's
@@ -40,6 +45,7 @@ from torch import Tensor, nn
 
 from latentae.config import ConfigError
 from latentae.losses.adaptive import adaptive_weight
+from latentae.losses.alignment import Alignment
 from latentae.losses.config import LossConfig
 from latentae.losses.discriminator import NLayerDiscriminator
 from latentae.losses.equivariance import (equivariance_loss, scale_equivariance_loss, strongest_downscaling,
@@ -78,17 +84,20 @@ def without_buffer_updates(module: nn.Module, x: Tensor) -> Tensor:
 
 class AutoencoderLoss(nn.Module):
     """loss(images, reconstruction, *, step, mode, posterior=None, quant=None, last_layer=None, latent=None,
-    decode=None) -> (total, logs). `latent` and `decode` are needed when a latent regularizer is on.
+    decode=None, encoder_layer=None) -> (total, logs). `latent` and `decode` are needed when a latent regularizer
+    is on, `latent` and `encoder_layer` when loss.vf is (`latent_channels` at construction too).
 
-    Owns `discriminator` (train it with its own optimizer) and `perceptual` (frozen LPIPS; None when
-    perceptual_weight is 0). `lecam` holds LeCAM's logit EMAs (None when LeCAM is off); checkpoint it with the
+    Owns `discriminator` (train it with its own optimizer), `perceptual` (frozen LPIPS; None when
+    perceptual_weight is 0) and `vf` (the VF alignment: frozen DINOv2 and a projection trained with the generator;
+    None when loss.vf.weight is 0). `lecam` holds LeCAM's logit EMAs (None when LeCAM is off); checkpoint it with the
     discriminator.
     """
 
-    def __init__(self, cfg: LossConfig, family: str = "kl", micro_batches: int = 1):  # micro-batches per step
+    def __init__(self, cfg: LossConfig, family: str = "kl", micro_batches: int = 1,  # micro-batches per step
+                 latent_channels: int | None = None):  # channels of the decoded latent (loss.vf's projection)
         super().__init__()
-        if family not in ("kl", "vq"):
-            raise ValueError(f"family must be 'kl' or 'vq', got {family!r}")
+        if family not in ("kl", "vq", "dc", "tiny"):
+            raise ValueError(f"family must be 'kl', 'vq', 'dc' or 'tiny', got {family!r}")
         if family == "vq" and cfg.reduction == "sum":
             raise ConfigError("config key 'loss.reduction': 'sum' would scale the reconstruction by C*H*W "
                               "against the quantizer's mean-reduced losses; VQ training needs 'mean'")
@@ -100,6 +109,9 @@ class AutoencoderLoss(nn.Module):
         d = cfg.disc
         self.discriminator = NLayerDiscriminator(IMAGE_CHANNELS, channels=d.channels, layers=d.layers, norm=d.norm)
         self.lecam = LeCAMAnchors(d.lecam_decay, micro_batches) if d.lecam_weight > 0 else None
+        if cfg.vf.weight > 0 and latent_channels is None:
+            raise ValueError("loss.vf needs latent_channels= (the channels of the latent the decoder takes)")
+        self.vf = Alignment(cfg.vf, latent_channels) if cfg.vf.weight > 0 else None  # loads DINOv2: fails early
         self.__dict__["_prepared_discriminator"] = None  # not a submodule: state-dict keys stay the plain D's
 
     def set_prepared_discriminator(self, wrapped: nn.Module) -> None:
@@ -126,25 +138,35 @@ class AutoencoderLoss(nn.Module):
         last_layer: Tensor | None = None,  # decoder's last weight, for the adaptive weight
         latent: Tensor | None = None,  # generator mode, latent regularizers: the latent that was decoded
         decode: Callable[[Tensor], Tensor] | None = None,  # ... and the decoder (latent -> image), run again on it
+        encoder_layer: Tensor | None = None,  # loss.vf.adaptive: model.encoder_last_layer()
+        encoded: Tensor | None = None,  # distillation: the student encoder's latent, pulled towards `latent`
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         with torch.autocast(device_type=images.device.type, enabled=False):
             if mode == "generator":
                 return self._generator(images.float(), reconstruction.float(), step, posterior, quant, last_layer,
-                                       latent, decode)
+                                       latent, decode, encoder_layer, encoded)
             if mode == "discriminator":
                 return self._discriminator(images.detach().float(), reconstruction.detach().float(), step)
         raise ValueError(f"mode must be 'generator' or 'discriminator', got {mode!r}")
 
     # generator ---------------------------------------------------------------------------------------------
 
-    def _generator(self, images, rec, step, posterior, quant, last_layer, latent, decode):
+    def _generator(self, images, rec, step, posterior, quant, last_layer, latent, decode, encoder_layer, encoded):
         cfg = self.cfg
         logs: dict[str, Tensor | float] = {}
         reconstruction = self._reconstruction(images, rec, logs)
-        total = reconstruction + self._bottleneck(step, posterior, quant, logs)
+        total = reconstruction + self._bottleneck(step, posterior, quant, latent, logs)
+        if encoded is not None:  # TAESD-style distillation: the encoder learns the teacher's latent
+            distill = pixel_loss(latent.detach().float(), encoded.float(), kind="l2", reduction=cfg.reduction)
+            logs["loss/distill"] = distill.detach()
+            total = total + cfg.distill_weight * distill
         regularizers = self._regularizers(images, latent, decode, logs)
         if regularizers is not None:
             total = total + regularizers
+        if self.vf is not None:
+            if latent is None:
+                raise ValueError("loss.vf needs latent= (the decoded latent)")
+            total = total + self.vf(latent, images, reconstruction, encoder_layer, logs)
 
         if self.generator_adversarial_active(step):
             with frozen(self.discriminator):  # D's .grad stays empty; gradients still reach `rec`
@@ -214,9 +236,14 @@ class AutoencoderLoss(nn.Module):
         logits = without_buffer_updates(self.discriminator, torch.cat([images.detach(), rec])).float()
         return logits[images.shape[0]:]
 
-    def _bottleneck(self, step, posterior, quant, logs) -> Tensor:
-        """KL term (KL family) or the quantizer's losses (VQ family), with their diagnostics."""
-        if self.family == "kl":
+    def _bottleneck(self, step, posterior, quant, latent, logs) -> Tensor:
+        """KL term (KL family) or the quantizer's losses (VQ family), with their diagnostics; nothing for the
+        deterministic families (dc, tiny), whose decoded `latent` is only logged."""
+        if self.family in ("dc", "tiny"):
+            if latent is None:
+                raise ValueError(f"the {self.family} family's generator loss needs latent= (the decoded latent)")
+            bottleneck = latent.new_zeros((), dtype=torch.float32)
+        elif self.family == "kl":
             if posterior is None:
                 raise ValueError("the KL family's generator loss needs posterior= (the model output's posterior)")
             latent = posterior.mean

@@ -131,9 +131,30 @@ class LatentNoiseConfig:
 
 
 @dataclass
+class VFConfig:
+    """VA-VAE's vision-foundation alignment (Yao et al. 2025); see latentae/losses/alignment.py. Defaults are the
+    paper's code's (vavae/configs/f16d32_vfdinov2.yaml), except the weight: 0 = off (the paper: 0.1)."""
+    weight: float = 0.0  # w_hyper; 0 = off (no DINOv2 loaded)
+    model: str = "facebook/dinov2-large"  # Hugging Face hub id (from the HF cache) or a local directory
+    margin_cos: float = 0.5  # m1: no cosine penalty where cos(projected latent, feature) >= 1 - m1
+    margin_dms: float = 0.25  # m2: no penalty where the two cosine-similarity matrices differ by <= m2
+    adaptive: bool = True  # weight x |grad rec| / |grad vf| at the encoder's last layer; false: fixed weight
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ConfigError(f"config key 'loss.vf.weight' must be >= 0, got {self.weight}")
+        for name in ("margin_cos", "margin_dms"):  # both compare cosines, which differ by at most 2
+            if not 0 <= getattr(self, name) <= 2:
+                raise ConfigError(f"config key 'loss.vf.{name}' must be in [0, 2], got {getattr(self, name)}")
+        if not self.model:
+            raise ConfigError("config key 'loss.vf.model' must name a Hugging Face model id or a local directory")
+
+
+@dataclass
 class LossConfig:
     pixel_loss: Literal["l1", "l2"] = "l1"  # SD KL-f8: l1; LlamaGen VQ: l2
     pixel_weight: float = 1.0
+    distill_weight: float = 1.0  # train.teacher runs: weight of the student encoder's L2 to the teacher's latent
     reduction: Literal["sum", "mean"] = "sum"  # see the module docstring; 'sum' is LDM's, VQ needs 'mean'
     perceptual_weight: float = 1.0  # LPIPS weight; 0 = no LPIPS (and no trunk weights needed)
     perceptual_net: Literal["vgg", "alex"] = "vgg"  # LPIPS trunk (LDM: vgg)
@@ -141,13 +162,15 @@ class LossConfig:
     perceptual_random_init: bool = False  # random LPIPS trunk: tests and smoke runs without weight files
     kl: KLConfig = field(default_factory=KLConfig)  # KL family only
     disc: DiscConfig = field(default_factory=DiscConfig)
-    # Latent-space regularizers for diffusability (off by default; latentae/losses/equivariance.py, latent_noise.py)
+    # Latent-space regularizers for diffusability (off by default; latentae/losses/equivariance.py, latent_noise.py,
+    # alignment.py)
     equivariance: EquivarianceConfig = field(default_factory=EquivarianceConfig)
     scale_equivariance: ScaleEquivarianceConfig = field(default_factory=ScaleEquivarianceConfig)
     latent_noise: LatentNoiseConfig = field(default_factory=LatentNoiseConfig)
+    vf: VFConfig = field(default_factory=VFConfig)  # VA-VAE's DINOv2 alignment (latentae/losses/alignment.py)
 
     def __post_init__(self):
-        for name in ("pixel_weight", "perceptual_weight"):
+        for name in ("pixel_weight", "perceptual_weight", "distill_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key 'loss.{name}' must be >= 0, got {getattr(self, name)}")
         if self.perceptual_trunk_path is not None and self.perceptual_random_init:

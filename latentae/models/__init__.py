@@ -1,11 +1,12 @@
-"""Model families: KL autoencoder and VQ tokenizer, both in diffusers' layout."""
+"""Model families: KL autoencoder (also FLUX.2's), VQ tokenizer, DC-AE and tiny autoencoders, all in diffusers' layout."""
 from latentae.models.config import ModelConfig
 from latentae.models.kl import KLAutoencoder
 from latentae.models.output import AutoencoderOutput
 from latentae.models.posterior import GaussianPosterior
 from latentae.models.vq import VQTokenizer
+from latentae.models.wrapped import DCAutoencoder, TinyAutoencoder
 
-MODEL_CLASSES = {"kl": KLAutoencoder, "vq": VQTokenizer}
+MODEL_CLASSES = {"kl": KLAutoencoder, "vq": VQTokenizer, "dc": DCAutoencoder, "tiny": TinyAutoencoder}
 
 
 def build_model(cfg: ModelConfig):

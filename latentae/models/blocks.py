@@ -37,7 +37,16 @@ def downsample_factor(block_out_channels) -> int:
     return 2 ** (len(block_out_channels) - 1)
 
 
+class StandardBlocks:
+    """Mixin of the models built from diffusers' standard VAE blocks (KLAutoencoder, VQTokenizer)."""
+
+    @property
+    def downsample_factor(self) -> int:
+        """Pixels per latent position along each side (8 for SD's VAE)."""
+        return downsample_factor(self.config["block_out_channels"])
+
+
 def model_downsample_factor(model) -> int:
-    """Pixels per latent position along each side of a KLAutoencoder / VQTokenizer (8 for SD's VAE): native-size
-    images are cropped to a multiple of it."""
-    return downsample_factor(model.config["block_out_channels"])
+    """Pixels per latent position along each side of any latentae model (every family defines
+    `downsample_factor`): native-size images are cropped to a multiple of it."""
+    return model.downsample_factor

@@ -7,13 +7,15 @@ from typing import Literal
 from latentae.config import ConfigError
 
 # Fields that only one family reads, with the value that means "left alone".
-_KL_ONLY = {"use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None}
+_KL_ONLY = {"use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None, "latent_norm": None}
 _VQ_ONLY = {"vq_embed_dim": None, "quantizer": {}}
+WRAPPED_FAMILIES = {"dc": "AutoencoderDC", "tiny": "AutoencoderTiny"}  # family -> the diffusers class it builds
 
 
 @dataclass
 class ModelConfig:
-    family: Literal["kl", "vq"] = "kl"  # kl: Gaussian posterior (SD VAE); vq: quantized tokenizer
+    family: Literal["kl", "vq", "dc", "tiny"] = "kl"  # kl: Gaussian posterior (SD VAE, FLUX.2); vq: quantized
+    # tokenizer; dc: DC-AE (diffusers AutoencoderDC); tiny: TAESD-style AutoencoderTiny (both deterministic)
     in_channels: int = 3
     out_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])  # one per level; f = 2^(n-1)
@@ -27,10 +29,19 @@ class ModelConfig:
     shift_factor: float | None = None  # kl only: SD3/FLUX-style latent shift
     use_quant_conv: bool = True  # kl only: 1x1 conv on the moments (SD: yes, SD3/FLUX: no)
     use_post_quant_conv: bool = True  # kl only
+    latent_norm: Literal["flux2"] | None = None  # kl only: flux2 = FLUX.2's 2x2 patchify + batch-norm latent
+    # statistics (`latentae stats --write` fills them); exports to AutoencoderKLFlux2
     vq_embed_dim: int | None = None  # vq only: channels entering the quantizer (default latent_channels)
     quantizer: dict = field(default_factory=dict)  # vq only: {kind: vq|simvq|ibq|bsq|fsq|lfq|gumbel|residual|vqvae2, **its options}
+    diffusers: dict = field(default_factory=dict)  # dc / tiny only: the keyword arguments of AutoencoderDC /
+    # AutoencoderTiny (their config.json keys), passed through; every other model key is for kl / vq
 
     def __post_init__(self):
+        if self.family in WRAPPED_FAMILIES:
+            self._check_wrapped()
+            return
+        if self.diffusers:
+            raise ConfigError(f"config key 'model.diffusers' applies to model.family dc / tiny, not {self.family}")
         other = _VQ_ONLY if self.family == "kl" else _KL_ONLY
         for name, untouched in other.items():
             if getattr(self, name) != untouched:
@@ -46,12 +57,37 @@ class ModelConfig:
 
             self.quantizer = check_quantizer_spec(self.quantizer, where="model.quantizer")
 
+    def _check_wrapped(self) -> None:
+        """dc / tiny read model.diffusers only: another key set away from its default is named, and so is a
+        diffusers key the class does not take."""
+        import dataclasses
+        import inspect
+
+        for f in dataclasses.fields(self):
+            if f.name in ("family", "diffusers", "sample_size"):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if getattr(self, f.name) != default:
+                raise ConfigError(f"config key 'model.{f.name}' does not apply to model.family={self.family}: "
+                                  f"put {WRAPPED_FAMILIES[self.family]}'s own keys under model.diffusers")
+        import diffusers
+
+        takes = [p for p in inspect.signature(getattr(diffusers, WRAPPED_FAMILIES[self.family]).__init__).parameters
+                 if p != "self"]
+        for key in self.diffusers:
+            if key not in takes:
+                from latentae.config import unknown_key_error
+
+                raise unknown_key_error(key, "model.diffusers.", takes)
+
     def model_kwargs(self) -> dict:
         """Constructor arguments of the model class this config describes."""
         from latentae.config import to_dict
 
+        if self.family in WRAPPED_FAMILIES:
+            return dict(self.diffusers)
         kwargs = to_dict(self)
-        del kwargs["family"]
+        del kwargs["family"], kwargs["diffusers"]
         for name in (_VQ_ONLY if self.family == "kl" else _KL_ONLY):
             del kwargs[name]
         return kwargs
@@ -61,7 +97,10 @@ def config_of(model) -> ModelConfig:
     """The ModelConfig describing an existing model (e.g. one opened with latentae.load for fine-tuning)."""
     import dataclasses
 
-    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"family"}
+    if model.family in WRAPPED_FAMILIES:
+        return ModelConfig(family=model.family, diffusers={k: v for k, v in model.config.items()
+                                                           if not k.startswith("_")})
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"family", "diffusers"}
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if k in names}
     if model.family == "vq":
         values["quantizer"] = dict(values.get("quantizer") or {"kind": "vq"})

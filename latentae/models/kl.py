@@ -1,17 +1,19 @@
 """KL-regularized autoencoder with the diffusers `AutoencoderKL` architecture and state-dict layout."""
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
-from latentae.models.blocks import make_decoder, make_encoder
+from latentae.models.blocks import StandardBlocks, make_decoder, make_encoder
 from latentae.models.output import AutoencoderOutput
 from latentae.models.posterior import GaussianPosterior
 
 
-class KLAutoencoder(ModelMixin, ConfigMixin):
+class KLAutoencoder(StandardBlocks, ModelMixin, ConfigMixin):
     """encoder -> [quant_conv] -> N(mean, var) -> z -> [post_quant_conv] -> decoder.
 
     Submodule names equal AutoencoderKL's, so `state_dict()` loads into it unchanged. Unlike
@@ -39,14 +41,27 @@ class KLAutoencoder(ModelMixin, ConfigMixin):
         force_upcast: bool = True,
         use_quant_conv: bool = True,
         use_post_quant_conv: bool = True,
+        latent_norm: str | None = None,  # "flux2": AutoencoderKLFlux2's 2x2 patchify + batch-norm statistics (`bn`)
+        decoder_block_out_channels: tuple[int, ...] | None = None,  # flux2 only: a decoder wider than the encoder
+        batch_norm_eps: float = 1e-4,  # flux2 only: AutoencoderKLFlux2's bn
+        batch_norm_momentum: float = 0.1,
+        patch_size: tuple[int, int] = (2, 2),
     ):
         super().__init__()
-        common = dict(block_out_channels=block_out_channels, layers_per_block=layers_per_block,
-                      norm_num_groups=norm_num_groups, mid_block_add_attention=mid_block_add_attention)
-        self.encoder = make_encoder(in_channels=in_channels, out_channels=latent_channels, double_z=True, **common)
-        self.decoder = make_decoder(in_channels=latent_channels, out_channels=out_channels, **common)
+        if latent_norm not in (None, "flux2"):
+            raise ValueError(f"latent_norm must be null or 'flux2', got {latent_norm!r}")
+        common = dict(layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                      mid_block_add_attention=mid_block_add_attention)
+        self.encoder = make_encoder(in_channels=in_channels, out_channels=latent_channels, double_z=True,
+                                    block_out_channels=block_out_channels, **common)
+        self.decoder = make_decoder(in_channels=latent_channels, out_channels=out_channels,
+                                    block_out_channels=decoder_block_out_channels or block_out_channels, **common)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        # FLUX.2 pipelines normalize patchified latents with the running statistics of this (otherwise unused)
+        # batch norm; `latentae stats --write` measures them. Never applied in forward, as in diffusers.
+        self.bn = nn.BatchNorm2d(math.prod(patch_size) * latent_channels, eps=batch_norm_eps,
+                                 momentum=batch_norm_momentum, affine=False) if latent_norm == "flux2" else None
 
     def posterior(self, images: Tensor) -> GaussianPosterior:
         moments = self.encoder(images)
@@ -72,3 +87,7 @@ class KLAutoencoder(ModelMixin, ConfigMixin):
     def last_layer(self) -> nn.Parameter:
         """The decoder's output weight: the adaptive GAN weight compares gradient norms here."""
         return self.decoder.conv_out.weight
+
+    def encoder_last_layer(self) -> nn.Parameter:
+        """The encoder's output weight (before quant_conv): loss.vf's adaptive weight compares gradient norms here."""
+        return self.encoder.conv_out.weight

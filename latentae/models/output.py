@@ -14,4 +14,6 @@ class AutoencoderOutput:
     reconstruction: Tensor  # [B, 3, H, W], same range as the input ([-1, 1])
     posterior: GaussianPosterior | None = None  # KL models
     quant: QuantizerOutput | None = None  # VQ models
-    latent: Tensor | None = None  # what the decoder decoded (KL: the posterior sample; VQ: the quantized codes)
+    latent: Tensor | None = None  # what the decoder decoded (KL: the posterior sample; VQ: the quantized codes;
+    # distillation: the teacher's latent)
+    encoded: Tensor | None = None  # distillation only: the student encoder's latent, trained towards `latent`

@@ -5,12 +5,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
-from latentae.models.blocks import make_decoder, make_encoder
+from latentae.models.blocks import StandardBlocks, make_decoder, make_encoder
 from latentae.models.output import AutoencoderOutput
 from latentae.quantizers import build_quantizer
 
 
-class VQTokenizer(ModelMixin, ConfigMixin):
+class VQTokenizer(StandardBlocks, ModelMixin, ConfigMixin):
     """encoder -> quant_conv -> quantizer -> post_quant_conv -> decoder (diffusers VQModel's layout)."""
 
     family = "vq"
@@ -65,3 +65,7 @@ class VQTokenizer(ModelMixin, ConfigMixin):
 
     def last_layer(self) -> nn.Parameter:
         return self.decoder.conv_out.weight
+
+    def encoder_last_layer(self) -> nn.Parameter:
+        """The encoder's output weight (before quant_conv): loss.vf's adaptive weight compares gradient norms here."""
+        return self.encoder.conv_out.weight

@@ -3,15 +3,13 @@ codes) of the images at one fixed resolution, split train/val by position (the f
 the data's order are validation), and normalized to roughly unit scale per channel."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from latentae.data.config import DataConfig
 from latentae.data.reader import eval_loader
 from latentae.errors import LatentaeError
-from latentae.inspect.latent_space import denormalize
+from latentae.models.latent_norm import denormalize, normalize
 
 NORMALIZATIONS = ("config", "measured")
 
@@ -29,33 +27,29 @@ def encode_images(model, data: str, *, resolution: int, max_images: int, batch_s
     return torch.cat(out)
 
 
-@dataclass
 class Normalization:
-    """Per-channel affine map model latents -> probe latents: (z - offset) / scale; `kind` says where the
-    constants came from ("config": the model's scaling/shift or latents_mean/std; "measured": the training
-    split's own per-channel mean and std)."""
-    kind: str
-    offset: Tensor  # [1, C, 1, 1]
-    scale: Tensor  # [1, C, 1, 1]
+    """Model latents -> probe latents and back. `kind` says where the map comes from: "config": the model's
+    pipeline normalization (scaling/shift, latents_mean/std, or FLUX.2's patchify + batch-norm statistics,
+    latentae.models.latent_norm); "measured": standardizing each channel by the training split's own mean and
+    std."""
+
+    def __init__(self, kind: str, model=None, offset: Tensor | None = None, scale: Tensor | None = None):
+        self.kind, self.model, self.offset, self.scale = kind, model, offset, scale
 
     def __call__(self, z: Tensor) -> Tensor:
-        return (z - self.offset) / self.scale
+        return normalize(self.model, z) if self.kind == "config" else (z - self.offset) / self.scale
 
     def invert(self, z: Tensor) -> Tensor:
-        return z * self.scale + self.offset
+        return denormalize(self.model, z) if self.kind == "config" else z * self.scale + self.offset
 
 
 def normalization(model, train: Tensor, kind: str) -> Normalization:
-    """The probe's normalization of `model`'s latents. "config" inverts `denormalize` (the map diffusers
-    pipelines apply, per-channel affine, so its coefficients are read off at 0 and 1); "measured"
-    standardizes by the training latents' per-channel statistics."""
+    """The probe's normalization of `model`'s latents (see Normalization)."""
     if kind == "config":
-        zero = torch.zeros(1, train.shape[1], 1, 1)
-        offset = denormalize(model, zero)
-        return Normalization(kind, offset, denormalize(model, zero + 1) - offset)
+        return Normalization(kind, model=model)
     if kind == "measured":
-        return Normalization(kind, train.mean(dim=(0, 2, 3), keepdim=True),
-                             train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8))
+        return Normalization(kind, offset=train.mean(dim=(0, 2, 3), keepdim=True),
+                             scale=train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8))
     raise LatentaeError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {kind!r}")
 
 

@@ -20,7 +20,7 @@ def probe_one(model, data: str, *, budget: Budget, seed: int, normalize: str, de
     train_raw, val_raw = split(latents, budget.val_images)
     norm = normalization(model, train_raw, normalize)
     train_z, val_z = norm(train_raw), norm(val_raw)
-    channels, side = latents.shape[1], latents.shape[2]
+    channels, side = train_z.shape[1], train_z.shape[2]  # normalized: FLUX.2's are patchified
     torch.manual_seed(seed)  # the same initial DiT for every model of the same latent shape
     dit = make_dit(channels=channels, side=side, budget=budget).to(device)
     curve = train(dit, train_z, val_z, budget=budget, seed=seed)
@@ -28,7 +28,8 @@ def probe_one(model, data: str, *, budget: Budget, seed: int, normalize: str, de
     with torch.inference_mode():
         images = model.decode(norm.invert(z).to(device=device, dtype=model.dtype)).float().cpu()
     final = curve[-1]
-    return {"family": model.family, "latent_shape": [channels, side, latents.shape[3]],
+    return {"family": model.family, "latent_shape": list(latents.shape[1:]),
+            "probe_latent_shape": list(train_z.shape[1:]),
             "train_images": len(train_z), "val_images": len(val_z), "normalization": normalize,
             "normalized_train_std": train_z.std().item(), "val_loss": {str(k): v for k, v in final["loss"].items()},
             "val_loss_mean": final["mean"],

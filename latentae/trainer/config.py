@@ -46,6 +46,8 @@ class TrainConfig:
     max_consecutive_nan: int = 5  # non-finite losses in a row that stop the run (each one is skipped)
     init_from: str | None = None  # fine-tune: any model latentae.load opens (diffusers dir, export, LDM file)
     trainable: list[str] = field(default_factory=lambda: ["all"])  # parameter-name prefixes, e.g. [decoder]
+    teacher: str | None = None  # dc / tiny: distill from this model (anything latentae.load opens): the encoder
+    # learns its normalized latents, the decoder to decode them (TAESD's recipe); see latentae/trainer/teacher.py
     # OUTPUT_DIR/export holds: "last", the weights at max_steps; or "best", those of the validation with the best
     # export_metric, written when it improves (needs data.val; no validation yet: the last weights). "last" by
     # default: at scale the GAN phase lowers PSNR / SSIM while it sharpens, so "best by PSNR" would discard it

@@ -2,7 +2,9 @@
 
 Correctness choices (each has a test):
 - the model runs through the module accelerate wraps (DDP: gradients are all-reduced); the discriminator update
-  runs through its own wrapper (see AutoencoderLoss); LPIPS is frozen and never prepared;
+  runs through its own wrapper (see AutoencoderLoss), and so does loss.vf's projection, which the generator's
+  optimizer trains (checkpointed as an accelerate model, never exported); LPIPS and DINOv2 are frozen and never
+  prepared;
 - both models sit in one `accelerator.accumulate` context per micro-batch, both optimizers step every iteration;
 - learning rates are used as configured, never scaled by batch size or process count;
 - mixed precision is autocast only: trainable weights stay fp32;
@@ -33,6 +35,7 @@ from latentae.trainer.checkpoint import TrainState
 from latentae.trainer.config import EXPORT_METRICS, RunConfig
 from latentae.trainer.monitor import Monitor
 from latentae.trainer.optim import build_optimizers, disc_lr, lr_factor, select_trainable, set_lr
+from latentae.trainer.teacher import Teacher
 
 
 def make_accelerator(cfg: RunConfig):
@@ -112,16 +115,23 @@ class Run:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every run of this config
         self.model = make_model(cfg)
         check_adaptive_weight(self.model, cfg)
-        self.loss = AutoencoderLoss(cfg.loss, family=self.model.family,
-                                    micro_batches=cfg.train.grad_accum).to(acc.device)
+        channels = decoded_channels(self.model) if cfg.loss.vf.weight > 0 else None  # loss.vf's projection input
+        self.loss = AutoencoderLoss(cfg.loss, family=self.model.family, micro_batches=cfg.train.grad_accum,
+                                    latent_channels=channels).to(acc.device)  # loss.vf loads DINOv2: fails here
+        self.teacher = Teacher(cfg.train.teacher, self.model, acc.device) if cfg.train.teacher else None
         self.ema = make_ema(self.model, cfg)
         self.quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
         self.state = TrainState()
-        opt_g, opt_d = build_optimizers(self.model, self.loss.discriminator, cfg.train)
-        self.model_ddp, disc_ddp, self.opt_g, self.opt_d = acc.prepare(self.model, self.loss.discriminator,
-                                                                         opt_g, opt_d)
+        projection = [self.loss.vf.projection] if self.loss.vf is not None else []  # trained with the generator
+        self.generator_params = [*self.model.parameters(), *(p for m in projection for p in m.parameters())]
+        opt_g, opt_d = build_optimizers(self.generator_params, self.loss.discriminator, cfg.train)
+        self.model_ddp, disc_ddp, self.opt_g, self.opt_d, *projection_ddp = acc.prepare(
+            self.model, self.loss.discriminator, opt_g, opt_d, *projection)
         self.loss.set_prepared_discriminator(disc_ddp)
+        if projection_ddp:
+            self.loss.vf.set_prepared_projection(projection_ddp[0])
         self.disc_ddp = disc_ddp
+        self.synchronized = [self.model_ddp, disc_ddp, *projection_ddp]  # accelerate.accumulate's no_sync set
         acc.register_for_checkpointing(self.state)
         if self.ema is not None:
             self.ema.to(acc.device)
@@ -165,12 +175,14 @@ class Run:
             images = batch["image"].to(acc.device, non_blocking=True)
             if self.cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with acc.accumulate(self.model_ddp, self.disc_ddp):
-                out = self.model_ddp(images)
+            with acc.accumulate(*self.synchronized):
+                out = self.model_ddp(images, **({} if self.teacher is None else
+                                                {"target": self.teacher.targets(images)}))
                 g_total, g_logs = self.loss(images, out.reconstruction, step=step, mode="generator",
                                             posterior=out.posterior, quant=out.quant,
                                             last_layer=self.model.last_layer(), latent=out.latent,
-                                            decode=self.decode)
+                                            decode=self.decode, encoder_layer=self.encoder_layer(),
+                                            encoded=out.encoded)
                 finite = self._all_finite(g_total)
                 finite_window &= finite
                 # Every rank runs backward even on a non-finite loss (DDP expects it); the update is skipped.
@@ -195,6 +207,10 @@ class Run:
         self.last_images = (images, out.reconstruction)
         return logs
 
+    def encoder_layer(self) -> torch.Tensor | None:
+        """Where loss.vf's adaptive weight compares gradients (None when the term is off)."""
+        return self.model.encoder_last_layer() if self.loss.vf is not None else None
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The decoder, for the loss's latent regularizers: the plain module under the run's autocast (accelerate
         puts autocast on the prepared forward only). Under DDP this extra forward bypasses the wrapper and is still
@@ -214,7 +230,7 @@ class Run:
         the scaler: with two optimizers that unscales D's gradients twice.)"""
         acc, cfg = self.accelerator, self.cfg.train
         acc.unscale_gradients()  # no-op without fp16's GradScaler
-        logs = {"grad_norm/generator": clip(self.model.parameters(), cfg.grad_clip)}
+        logs = {"grad_norm/generator": clip(self.generator_params, cfg.grad_clip)}
         optimizers = [self.opt_g]
         if d_active:
             logs["grad_norm/discriminator"] = clip(self.loss.discriminator.parameters(), cfg.disc_grad_clip)
@@ -358,13 +374,25 @@ class Run:
 
 
 def check_adaptive_weight(model, cfg: RunConfig) -> None:
-    """The adaptive GAN weight differentiates at the decoder's last layer: it must be trainable."""
-    d = cfg.loss.disc
-    if d.weight > 0 and d.adaptive and not model.last_layer().requires_grad:
-        name = next(n for n, p in model.named_parameters() if p is model.last_layer())
-        raise ConfigError(f"config key 'train.trainable' freezes {name}, where loss.disc.adaptive takes the "
-                          f"gradients it balances: add it to train.trainable, or set loss.disc.adaptive=false "
-                          f"(a fixed adversarial weight loss.disc.weight={d.weight}), or loss.disc.weight=0 (no GAN)")
+    """The adaptive GAN weight differentiates at the decoder's last layer, loss.vf's at the encoder's: it must be
+    trainable."""
+    d, vf = cfg.loss.disc, cfg.loss.vf
+    checks = [  # (section, on, where its gradients are compared, the other ways out)
+        ("disc", d.weight > 0 and d.adaptive, model.last_layer,
+         f"loss.disc.adaptive=false (a fixed adversarial weight loss.disc.weight={d.weight}), or loss.disc.weight=0 "
+         "(no GAN)"),
+        ("vf", vf.weight > 0 and vf.adaptive, model.encoder_last_layer,
+         "loss.vf.adaptive=false, or loss.vf.weight=0 (the alignment trains the encoder)")]
+    for section, on, layer, ways_out in checks:
+        if on and not layer().requires_grad:
+            name = next(n for n, p in model.named_parameters() if p is layer())
+            raise ConfigError(f"config key 'train.trainable' freezes {name}, where loss.{section}.adaptive takes the "
+                              f"gradients it balances: add it to train.trainable, or set {ways_out}")
+
+
+def decoded_channels(model) -> int:
+    """Channels of the latent the decoder takes (loss.vf's projection input)."""
+    return model.config.get("vq_embed_dim") or model.config["latent_channels"]
 
 
 def check_finetune_config(raw: dict) -> None:

@@ -69,8 +69,9 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def build_optimizers(model: nn.Module, discriminator: nn.Module, cfg: TrainConfig):
-    """(generator AdamW, discriminator AdamW) over the parameters that require grad."""
-    opt_g = adamw(model.parameters(), cfg.lr, cfg.betas, cfg.weight_decay)
+def build_optimizers(generator_params, discriminator: nn.Module, cfg: TrainConfig):
+    """(generator AdamW, discriminator AdamW) over the parameters that require grad. `generator_params`: the
+    model's, plus those the loss trains with it (loss.vf's projection)."""
+    opt_g = adamw(generator_params, cfg.lr, cfg.betas, cfg.weight_decay)
     opt_d = adamw(discriminator.parameters(), disc_lr(cfg), cfg.disc_betas or cfg.betas, cfg.weight_decay)
     return opt_g, opt_d

@@ -1,0 +1,111 @@
+"""Deterministic diffusers autoencoders (no posterior, no codebook) behind latentae's model interface:
+`AutoencoderDC` (DC-AE, deep compression f32 / f64, SANA's) and `AutoencoderTiny` (TAESD family).
+
+The diffusers module itself is held as `vae`, untouched: its state dict is the exported one (under `vae.`), and
+`save_pretrained` writes the directory its pipelines load. latentae's interface on top: `encode(images)` ->
+latents, `decode(latents)` -> images, `forward(images)` -> AutoencoderOutput (latent = the encoded latent,
+no posterior / quant), `config`, `family`, `downsample_factor`, `last_layer()`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderDC, AutoencoderTiny
+from torch import Tensor, nn
+
+from latentae.models.output import AutoencoderOutput
+
+
+class WrappedAutoencoder(nn.Module):
+    family: str  # "dc" | "tiny"
+    diffusers_class: type
+    distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
+
+    def __init__(self, vae: nn.Module | None = None, **config):
+        super().__init__()
+        self.vae = vae if vae is not None else self.diffusers_class(**config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "WrappedAutoencoder":
+        return cls(cls.diffusers_class.from_pretrained(path, **kwargs))
+
+    def save_pretrained(self, path: str | Path, **kwargs) -> None:
+        self.vae.save_pretrained(path, **kwargs)
+
+    @property
+    def config(self):
+        return self.vae.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @property
+    def downsample_factor(self) -> int:
+        """Pixels per latent position along each side (DC-AE: each encoder level but the first halves it)."""
+        return 2 ** (len(self.config["encoder_block_out_channels"]) - 1)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] -> latents, unscaled (multiply by scaling_factor for a diffusion model)."""
+        return self.vae.encode(images).latents
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.vae.decode(latents).sample
+
+    def forward(self, images: Tensor, target: Tensor | None = None) -> AutoencoderOutput:
+        """With `target` (a teacher's normalized latents of `images`: distillation, the TAESD recipe) the decoder
+        decodes the target and the encoder's latent is returned as `encoded`, for the loss to pull it there."""
+        z = self.encode(images)
+        if target is None:
+            return AutoencoderOutput(reconstruction=self.decode(z), latent=z)
+        return AutoencoderOutput(reconstruction=self.decode(target), latent=target, encoded=z)
+
+    def last_layer(self) -> nn.Parameter:
+        """The decoder's output weight (the adaptive GAN weight compares gradient norms here)."""
+        raise NotImplementedError
+
+    def encoder_last_layer(self) -> nn.Parameter:
+        """The encoder's output weight (loss.vf's adaptive weight compares gradient norms here)."""
+        raise NotImplementedError
+
+
+class DCAutoencoder(WrappedAutoencoder):
+    """DC-AE (Chen et al. 2025, "Deep Compression Autoencoder for Efficient High-Resolution Diffusion Models")."""
+
+    family = "dc"
+    diffusers_class = AutoencoderDC
+
+    def encode(self, images: Tensor) -> Tensor:
+        return self.vae.encode(images).latent  # DC's EncoderOutput names it `latent`, Tiny's `latents`
+
+    def last_layer(self) -> nn.Parameter:
+        return self.vae.decoder.conv_out.weight
+
+    def encoder_last_layer(self) -> nn.Parameter:
+        return self.vae.encoder.conv_out.weight
+
+
+class TinyAutoencoder(WrappedAutoencoder):
+    """TAESD-style tiny autoencoder (diffusers AutoencoderTiny): deterministic, its latents already in the
+    diffusion model's space of the VAE it mimics (scaling_factor 1)."""
+
+    family = "tiny"
+    diffusers_class = AutoencoderTiny
+
+    @property
+    def downsample_factor(self) -> int:  # every encoder block after the first downsamples by the scaling factor
+        return self.config["upsampling_scaling_factor"] ** (len(self.config["encoder_block_out_channels"]) - 1)
+
+    def last_layer(self) -> nn.Parameter:
+        return self.vae.decoder.layers[-1].weight
+
+    def encoder_last_layer(self) -> nn.Parameter:
+        return self.vae.encoder.layers[-1].weight
+
+
+WRAPPED_CLASSES = {cls.diffusers_class.__name__: cls for cls in (DCAutoencoder, TinyAutoencoder)}
