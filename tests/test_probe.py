@@ -87,3 +87,19 @@ def test_cli_writes_one_report_for_two_models(demo_images, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing: no such file or directory" in err
     assert not (tmp_path / "out2").exists()  # every model loads before any work
+
+
+def test_flux2_latents_are_probed_patchified_and_normalized(demo_images, tmp_path):
+    """A FLUX.2 model's latents go to the DiT as its pipeline prepares them (2x2 patchify + bn statistics), and
+    its samples decode through the inverse map; other families run unchanged beside it."""
+    import latentae
+    from families import FAMILIES
+
+    for name in ("flux2", "tiny"):
+        FAMILIES[name]().save_pretrained(tmp_path / name)
+    models = {name: latentae.load(tmp_path / name) for name in ("flux2", "tiny")}
+    report = probe(models, str(demo_images), budget=SMOKE, budget_name="smoke", seed=0, output=tmp_path / "out")
+    flux2 = report["models"]["flux2"]
+    assert flux2["latent_shape"] == [8, 16, 16] and flux2["probe_latent_shape"] == [32, 8, 8]
+    assert report["models"]["tiny"]["probe_latent_shape"] == [4, 8, 8]
+    assert (tmp_path / "out" / "samples.png").is_file()
