@@ -54,7 +54,8 @@ HELDOUT = (("bsds500-test", "bsds500/test"), ("kodak", "kodak"))  # (label, fold
 GROUPS = ("comparison", "codebook", "kl-weight", "collapse", "gan", "diffusability")
 FREE_BITS = 0.25  # nats per latent element: chosen once, well above the 0.01-nat activity threshold (not tuned)
 CYCLES = 4  # cyclical annealing: Fu et al. 2019's M = 4 cycles, R = 0.5
-SCALE_EQ_WEIGHT = 0.25  # Skorokhodov et al. 2025's weight of the downsampled reconstruction term
+SCALE_EQ_WEIGHT = 0.25  # Skorokhodov et al. 2025's weight of the downsampled term, recalled from the paper: not
+# checked against its text (offline copies hold only its abstract; BENCHMARKS.md, Diffusability)
 EXAMPLE_ADAMW = ("train.betas=[0.9,0.999]", "train.weight_decay=0.01", "train.grad_clip=1.0")  # the script's
 # defaults: --adam_beta1 0.9 --adam_beta2 0.999 --adam_weight_decay 1e-2 --max_grad_norm 1.0
 

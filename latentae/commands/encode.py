@@ -1,7 +1,8 @@
-"""Encode a dataset into latent shards (KL autoencoders) or token shards (VQ tokenizers).
+"""Encode a dataset into latent shards (KL, FLUX.2, DC-AE, tiny autoencoders) or token shards (VQ tokenizers).
 
 One output shard per input shard, `<output>/<name>.tar`, each sample `<key>.latents.npy` (float32 by
-default: posterior mean and logvar stacked as [2C, h, w]; `--store mean` or `--store sample` keep [C, h, w])
+default: posterior mean and logvar stacked as [2C, h, w]; `--store mean` or `--store sample` keep [C, h, w];
+deterministic models (DC-AE, tiny) store their latent [C, h, w])
 or `<key>.tokens.npy` (int32 ids), `<key>.json` with the source key and url, and the source's captions and
 other non-image members. Latents are unscaled: see `latentae stats` for the scaling factor. Loose image files
 (a folder) are grouped into shards `images-00000.tar`, ... of --images-per-shard files in listing order.
@@ -61,7 +62,8 @@ def add_arguments(p):
                    "folder or image file, or a comma-separated list of these")
     p.add_argument("--output", "-o", required=True, help="folder for the latent shards and manifest.json")
     p.add_argument("--store", choices=STORE_CHOICES, help="KL models: mean and logvar ([2C, h, w], default), "
-                   "the posterior mean, or one posterior sample (seeded per sample key, see --seed)")
+                   "the posterior mean, or one posterior sample (seeded per sample key, see --seed); "
+                   "deterministic models (DC-AE, tiny): mean only, their latent (the default)")
     p.add_argument("--seed", type=int, help="noise seed for --store sample (default: 0)")
     p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32", help="stored latent precision "
                    "(float16 halves the size; default: float32)")
