@@ -35,7 +35,8 @@ def add_arguments(p):
                    "(default) or posterior means")
     p.add_argument("--max-images", type=positive_int, help="--data: use the first N images only (files in order, "
                    "each in stored order)")
-    p.add_argument("--write", action="store_true", help="write the constants into the model's config.json")
+    p.add_argument("--write", action="store_true", help="write the constants into the model's config.json (flux2: "
+                   "into the bn running statistics in its weights file)")
     p.add_argument("--convention", choices=CONVENTIONS, default=None, help="which constants --write stores "
                    "(default: flux2 for FLUX.2 models, else sd)")
 
