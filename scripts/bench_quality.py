@@ -10,7 +10,7 @@ weight-free sharpness statistic (latentae.evaluation.sharpness). Groups of confi
                AutoencoderKL, L1 + KL, AdamW with the script's defaults, fp32, no EMA), same architecture, initial
                weights, data and training minutes; ablation rows turn one latentae default off each
   codebook     LlamaGen: l2-normalized 8-d codes against plain 256-d codes; FSQ against VQ of the same size;
-               the rotation trick, SimVQ, IBQ and BSQ against plain 256-d VQ of the same code count
+               the rotation trick, SimVQ, IBQ, BSQ and the two-level VQ-VAE-2 against plain 256-d VQ of the same code count
   kl-weight    the KL weight trade-off (three weights)
   collapse     at high weights (1 and 10): free bits and cyclical annealing against the constant weight
   gan          adversarial term off vs on at equal steps (the off run is kl-1e-6)
@@ -187,6 +187,14 @@ CONFIGURATIONS = (
     Configuration("bsq", "codebook", "vq", "BSQ: {codebook_size} codes = log2 bits on the sphere, projected "
                   "from 256-d (Zhao et al. 2024)",
                   ("model.vq_embed_dim=256", "model.quantizer.kind=bsq", "model.quantizer.codebook_size={codebook_size}")),
+    Configuration("vqvae2", "codebook", "vq", "VQ-VAE-2: a {codebook_size}-code top level at half resolution "
+                  "conditioning a {codebook_size}-code bottom level, EMA codebooks (Razavi et al. 2019; 1.25x the "
+                  "tokens of one level)",
+                  ("model.quantizer.kind=vqvae2", "model.quantizer.codebook_size={codebook_size}")),
+    Configuration("vqvae2-restart", "codebook", "vq", "vqvae2 with dead-code restart (codes used < 1 time per "
+                  "update, decayed, restart to batch vectors; not in the paper)",
+                  ("model.quantizer.kind=vqvae2", "model.quantizer.codebook_size={codebook_size}",
+                   "model.quantizer.dead_code_threshold=1.0")),
 )
 BY_NAME = {c.name: c for c in CONFIGURATIONS}
 PROBED = ("kl-1e-6", *(c.name for c in CONFIGURATIONS if c.group == "diffusability"))  # the baseline first

@@ -32,6 +32,10 @@ CLAIMS = {  # finding -> (title, configurations, published claim)
     "bsq": ("BSQ", ("bsq", "vq-256d"),
             "Zhao et al. 2024 (BSQ): binary codes on the sphere with a factorized entropy term use the implicit "
             "codebook fully and reconstruct at least as well as VQ of the same size"),
+    "vqvae2": ("two-level VQ-VAE-2", ("vqvae2", "vq-256d"),
+               "Razavi et al. 2019 (VQ-VAE-2): a top codebook at half resolution conditioning the bottom one captures "
+               "global structure; the hierarchy reconstructs better than one level with well-used codebooks (here it "
+               "also carries 1.25x the tokens)"),
     "gan": ("adversarial term", ("kl-1e-6", "kl-1e-6-gan"),
             "Esser et al. 2021 (VQGAN), Rombach et al. 2022: a patch-based adversarial loss gives sharper "
             "reconstructions than pixel losses alone, at a small PSNR cost"),
@@ -130,8 +134,21 @@ def measure_against_vq(name: str):
     return measure
 
 
+def measure_vqvae2(r: dict) -> tuple[str, list]:
+    """The paper's two claims: both codebooks well used (at least half of the codes), and better reconstruction
+    than one level (here: plain 256-d VQ of the same code count); the restart ablation is quoted when present."""
+    q, v = final(r, "vqvae2"), final(r, "vq-256d")
+    text = (f"vqvae2: usage {q['codebook_usage']:.1%}, PSNR {q['psnr']:.2f} dB; VQ 256-d: usage "
+            f"{v['codebook_usage']:.1%}, PSNR {v['psnr']:.2f} dB")
+    if "vqvae2-restart" in r:
+        b = final(r, "vqvae2-restart")
+        text += f"; with dead-code restart (not in the paper): usage {b['codebook_usage']:.1%}, PSNR {b['psnr']:.2f} dB"
+    return text, [("vqvae2 uses at least half of its codes", q["codebook_usage"] >= 0.5),
+                  ("vqvae2 reconstructs better than VQ 256-d (PSNR)", q["psnr"] > v["psnr"])]
+
+
 MEASURES = {"rotation": measure_against_vq("vq-256d-rotation"), "simvq": measure_against_vq("simvq"),
-            "ibq": measure_against_vq("ibq"), "bsq": measure_against_vq("bsq"),
+            "ibq": measure_against_vq("ibq"), "bsq": measure_against_vq("bsq"), "vqvae2": measure_vqvae2,
             "codebook-dim": measure_codebook_dim, "fsq": measure_fsq, "kl-weight": measure_kl_weight,
             "collapse": measure_collapse, "gan": measure_gan}
 

@@ -13,6 +13,8 @@ level, two codebooks of the same size, commitment beta 0.25, EMA codebooks with 
 learns them by gradient instead). Each level is a `VectorQuantizer`, so every option of `vq` applies to both
 (l2_normalize, codebook_dim, dead-code restart, k-means init, rotation trick) and their codebook statistics are
 all-reduced over ranks as the plain quantizer's are.
+Measured (BENCHMARKS.md, codebook study): with the paper's EMA codebooks alone, 2 x 1024 codes collapse to ~1%
+usage at small scale; `dead_code_threshold: 1.0` keeps 90%+ in use (the vqvae2-f4 preset sets it).
 
 Tokens are a (top, bottom) pair per bottom position: indices [B, H, W, 2], [..., 0] the top token of the 2x2
 block the position lies in (so each top token appears 4 times), [..., 1] the bottom token. `split_tokens` gives
