@@ -310,3 +310,28 @@ def test_commands_run_on_every_family(family, tmp_path, demo_images, capsys):
         assert main(["inspect", "kl", str(demo_images), "--model", model, "--resolution", "32",
                      "--output", str(tmp_path / "kl.png")]) == 2
         assert "needs a KL autoencoder" in capsys.readouterr().err
+
+
+def test_tiny_decoder_finetune_from_a_diffusers_dir_keeps_the_encoder(tmp_path, demo_images):
+    """train.init_from an AutoencoderTiny directory (whose config.json carries a key its class does not take) with
+    train.trainable=[vae.decoder]: the exported AutoencoderTiny has the same encoder, a moved decoder."""
+    from diffusers import AutoencoderTiny
+
+    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.loop import Run
+
+    vae = FAMILIES["tiny"]()
+    vae.save_pretrained(tmp_path / "pretrained")
+    preset = yaml.safe_load((PRESET.parent / "taesd-distill.yaml").read_text())
+    del preset["model"]
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(preset))
+    overrides = [o for o in tiny_run_overrides(tmp_path / "run", demo_images, f"train.init_from={tmp_path / 'pretrained'}",
+                                               "train.trainable=[vae.decoder]", "train.max_steps=2",
+                                               "loss.perceptual_weight=0", "loss.disc.weight=0")
+                 if not o.startswith(("model.", "loss.disc.channels", "loss.disc.start", "loss.disc.warmup"))]
+    Run(load_run_config(str(tmp_path / "ft.yaml"), overrides)).fit()
+    tuned = AutoencoderTiny.from_pretrained(tmp_path / "run" / "export")
+    for name, value in vae.state_dict().items():
+        if name.startswith("encoder."):
+            assert torch.equal(tuned.state_dict()[name], value), f"{name} changed"
+    assert any(not torch.equal(tuned.state_dict()[n], v) for n, v in vae.state_dict().items() if n.startswith("decoder."))

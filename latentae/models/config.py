@@ -61,7 +61,6 @@ class ModelConfig:
         """dc / tiny read model.diffusers only: another key set away from its default is named, and so is a
         diffusers key the class does not take."""
         import dataclasses
-        import inspect
 
         for f in dataclasses.fields(self):
             if f.name in ("family", "diffusers", "sample_size"):
@@ -70,10 +69,7 @@ class ModelConfig:
             if getattr(self, f.name) != default:
                 raise ConfigError(f"config key 'model.{f.name}' does not apply to model.family={self.family}: "
                                   f"put {WRAPPED_FAMILIES[self.family]}'s own keys under model.diffusers")
-        import diffusers
-
-        takes = [p for p in inspect.signature(getattr(diffusers, WRAPPED_FAMILIES[self.family]).__init__).parameters
-                 if p != "self"]
+        takes = wrapped_init_keys(self.family)
         for key in self.diffusers:
             if key not in takes:
                 from latentae.config import unknown_key_error
@@ -93,13 +89,24 @@ class ModelConfig:
         return kwargs
 
 
+def wrapped_init_keys(family: str) -> list[str]:
+    """The keyword arguments of the diffusers class a dc / tiny model builds."""
+    import inspect
+
+    import diffusers
+
+    return [p for p in inspect.signature(getattr(diffusers, WRAPPED_FAMILIES[family]).__init__).parameters
+            if p != "self"]
+
+
 def config_of(model) -> ModelConfig:
     """The ModelConfig describing an existing model (e.g. one opened with latentae.load for fine-tuning)."""
     import dataclasses
 
-    if model.family in WRAPPED_FAMILIES:
+    if model.family in WRAPPED_FAMILIES:  # the keys its class takes (AutoencoderTiny's config.json carries one
+        # more, block_out_channels, that its own from_pretrained ignores)
         return ModelConfig(family=model.family, diffusers={k: v for k, v in model.config.items()
-                                                           if not k.startswith("_")})
+                                                           if k in wrapped_init_keys(model.family)})
     names = {f.name for f in dataclasses.fields(ModelConfig)} - {"family", "diffusers"}
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if k in names}
     if model.family == "vq":
