@@ -335,3 +335,61 @@ def test_tiny_decoder_finetune_from_a_diffusers_dir_keeps_the_encoder(tmp_path, 
         if name.startswith("encoder."):
             assert torch.equal(tuned.state_dict()[name], value), f"{name} changed"
     assert any(not torch.equal(tuned.state_dict()[n], v) for n, v in vae.state_dict().items() if n.startswith("decoder."))
+
+
+def test_native_crops_fit_the_2x2_splits(tmp_path, capsys):
+    """FLUX.2's patchify and VQ-VAE-2's top level need even latent sides: native crops are multiples of
+    crop_multiple (2 x the downsampling factor), so a 50-px image is cropped to 48 px, not to a 25-wide latent."""
+    from PIL import Image
+
+    from latentae.models import ModelConfig, build_model
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (50, 50), (120, 80, 40)).save(tmp_path / "img" / "a.png")
+    FAMILIES["flux2"]().save_pretrained(tmp_path / "flux2")
+    flux2 = latentae.load(tmp_path / "flux2")
+    assert (flux2.downsample_factor, flux2.crop_multiple) == (2, 4)
+    assert main(["stats", "--model", str(tmp_path / "flux2"), "--data", str(tmp_path / "img"), "--precision",
+                 "fp32"]) == 0
+    assert "144 positions per image" in capsys.readouterr().out  # 48 px -> 24 x 24 latent -> 12 x 12 patchified
+    vq2 = build_model(ModelConfig(family="vq", block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
+                                  latent_channels=8, quantizer={"kind": "vqvae2", "codebook_size": 8}))
+    assert (vq2.downsample_factor, vq2.crop_multiple) == (2, 4)
+
+
+def test_deterministic_families_stats_of_their_encoded_latents_and_checkpointing(tmp_path, demo_images, capsys):
+    FAMILIES["dc"]().save_pretrained(tmp_path / "dc")
+    assert main(["encode", "--model", str(tmp_path / "dc"), "--data", str(demo_images), "--output",
+                 str(tmp_path / "latents"), "--resolution", "32", "--precision", "fp32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["stats", "--model", str(tmp_path / "dc"), "--latents", str(tmp_path / "latents")]) == 0
+    assert "latent statistics of posterior means: 24 images, 8 channels" in capsys.readouterr().out
+    from latentae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="AutoencoderDC does not support gradient checkpointing"):
+        latentae.load(tmp_path / "dc").enable_gradient_checkpointing()
+    FAMILIES["tiny"]().save_pretrained(tmp_path / "tiny")
+    tiny = latentae.load(tmp_path / "tiny")
+    tiny.enable_gradient_checkpointing()  # train.gradient_checkpointing reaches the diffusers module
+    assert tiny.vae.is_gradient_checkpointing
+
+
+def test_teachers_that_cannot_distill_are_refused(tmp_path, demo_images):
+    from latentae.config import ConfigError
+    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.loop import Run
+
+    FAMILIES["kl"]().save_pretrained(tmp_path / "teacher")
+    overrides = tiny_overrides(tmp_path / "run", demo_images, f"train.teacher={tmp_path / 'teacher'}",
+                               "loss.perceptual_weight=0", "loss.vf.weight=0.1")
+    with pytest.raises(ConfigError, match="'train.teacher' and 'loss.vf.weight' > 0 do not combine"):
+        load_run_config(str(PRESET.parent / "taesd-distill.yaml"), overrides)
+    from latentae.models import ModelConfig, build_model
+
+    build_model(ModelConfig(family="vq", block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
+                            latent_channels=4, quantizer={"kind": "vq", "codebook_size": 8})
+                ).save_pretrained(tmp_path / "vq")
+    overrides = tiny_overrides(tmp_path / "run2", demo_images, f"train.teacher={tmp_path / 'vq'}",
+                               "loss.perceptual_weight=0")
+    with pytest.raises(ConfigError, match="is a tokenizer"):
+        Run(load_run_config(str(PRESET.parent / "taesd-distill.yaml"), overrides))

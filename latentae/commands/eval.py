@@ -84,7 +84,6 @@ def run(args):
     from latentae.evaluation import evaluate_many, markdown, write_report
     from latentae.evaluation.evaluator import check_metrics
     from latentae.loading import load
-    from latentae.models.blocks import model_downsample_factor
     from latentae.precision import resolve_precision
 
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
@@ -92,7 +91,7 @@ def run(args):
     paths = args.model
     models = {name: load(path, device=accelerator.device) for name, path in zip(_names(paths), paths)}
     native = args.resolution is None
-    factors = {name: model_downsample_factor(m) for name, m in models.items()}
+    factors = {name: m.crop_multiple for name, m in models.items()}
     factor = math.lcm(*factors.values())  # native crops every model can take: the same images for all
     cfg = DataConfig(num_workers=args.num_workers, **({} if native else {"resolution": args.resolution}))
 

@@ -63,10 +63,11 @@ def run(args):
     if (convention == "flux2") != bool(patch):
         raise LatentaeError(f"--convention {convention} does not fit {args.model}: flux2 is the convention of "
                             "FLUX.2 models (latent_norm: flux2), and theirs only")
+    of = args.of if hasattr(model, "posterior") else "mean"  # a deterministic latent is its own sample
     if args.latents:
-        stats = latent_stats(args.latents, of=args.of, patch=patch)
+        stats = latent_stats(args.latents, of=of, patch=patch)
     else:
-        stats = latent_stats_of_images(model, args.data, of=args.of, batch_size=args.batch_size,
+        stats = latent_stats_of_images(model, args.data, of=of, batch_size=args.batch_size,
                                        resolution=args.resolution, precision=args.precision,
                                        channels_last=args.channels_last, device=default_device(),
                                        workers=max(0, args.workers), max_images=args.max_images,

@@ -56,7 +56,8 @@ def prior_samples(model, n: int, *, resolution: int, seed: int = 0, normalized: 
     pulls towards; with `normalized`, N(0, I) in the config's normalized space (see `denormalize`), i.e. the
     latent distribution the scaling constants claim. VQ: uniformly random token ids."""
     g = torch.Generator().manual_seed(seed)
-    side = max(1, resolution // model_downsample_factor(model))
+    split = model.crop_multiple // model_downsample_factor(model)  # a side the 2x2 splits can take
+    side = max(1, resolution // model.crop_multiple) * split
     if model.family == "vq":
         return list(model.detokenize(model.quantize.random_indices(n, side, side, generator=g)).float())
     shape = (int(model.config["latent_channels"]), side, side)

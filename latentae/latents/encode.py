@@ -33,7 +33,6 @@ from latentae.latents.format import FORMAT, LATENTS, MANIFEST, META, TOKENS, npy
 from latentae.latents.jobs import Job, job_loader, plan_jobs
 from latentae.latents.options import NATIVE, STORAGE_DTYPES, STORE_CHOICES
 from latentae.latents.runtime import Runtime
-from latentae.models.blocks import model_downsample_factor
 
 
 
@@ -116,7 +115,7 @@ def settings(model, *, model_source: str, store: str, storage_dtype: str, precis
             "config": config, "content": TOKENS if model.family == "vq" else f"{LATENTS}:{store}",
             "dtype": "int32" if model.family == "vq" else storage_dtype, "precision": precision,
             "resolution": NATIVE if resolution is None else resolution,
-            "crop": crop_description(resolution, model_downsample_factor(model)), "max_pixels": max_pixels,
+            "crop": crop_description(resolution, model.crop_multiple), "max_pixels": max_pixels,
             "small_images": small_images,
             **({"seed": seed} if store == "sample" and model.family != "vq" else {})}
 
@@ -194,7 +193,7 @@ def _encode_jobs(encoder: LatentEncoder, jobs: list[Job], output: Path, report: 
     from tqdm import tqdm
 
     loader = job_loader(jobs, batch_size=batch_size, resolution=resolution,
-                        multiple=model_downsample_factor(encoder.runtime.model), max_pixels=max_pixels,
+                        multiple=encoder.runtime.model.crop_multiple, max_pixels=max_pixels,
                         small_images=small_images, workers=workers, pin_memory=encoder.runtime.device.type == "cuda")
     open_shards: dict[int, _OpenShard] = {}  # job index -> shard being written
     bar = tqdm(total=_count_samples(jobs) if progress else None, unit="img", disable=not progress,

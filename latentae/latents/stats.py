@@ -33,7 +33,6 @@ from latentae.latents.format import iter_encoded
 from latentae.latents.jobs import job_loader, plan_jobs
 from latentae.latents.options import CONVENTIONS
 from latentae.latents.runtime import Runtime
-from latentae.models.blocks import model_downsample_factor
 
 NORMALIZATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
@@ -218,7 +217,7 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = 
     runtime = Runtime(model, device=device, precision=precision, channels_last=channels_last)
     moments = _Moments()
     first = _FirstImages(max_images) if max_images is not None else None
-    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, multiple=model_downsample_factor(model),
+    loader = job_loader(jobs, batch_size=batch_size, resolution=resolution, multiple=model.crop_multiple,
                         max_pixels=max_pixels, max_images=max_images, workers=workers)
     for batch in loader:
         if batch["items"]:

@@ -45,8 +45,17 @@ class StandardBlocks:
         """Pixels per latent position along each side (8 for SD's VAE)."""
         return downsample_factor(self.config["block_out_channels"])
 
+    @property
+    def crop_multiple(self) -> int:
+        """Image sides must be a multiple of this: the downsampling factor, times the 2x2 split of the latent where
+        there is one (FLUX.2's patchify, VQ-VAE-2's half-resolution top level)."""
+        import math
+
+        split = math.lcm(*self.config["patch_size"]) if self.config.get("latent_norm") == "flux2" else 1
+        return self.downsample_factor * split * getattr(getattr(self, "quantize", None), "spatial_multiple", 1)
+
 
 def model_downsample_factor(model) -> int:
     """Pixels per latent position along each side of any latentae model (every family defines
-    `downsample_factor`): native-size images are cropped to a multiple of it."""
+    `downsample_factor`; native-size images are cropped to a multiple of `model.crop_multiple`)."""
     return model.downsample_factor

@@ -16,6 +16,11 @@ def patchify(z: Tensor, patch: tuple[int, int] = (2, 2)) -> Tensor:
     """[B, C, H, W] -> [B, C * ph * pw, H / ph, W / pw], channel-major as the FLUX.2 pipeline packs it."""
     b, c, h, w = z.shape
     ph, pw = patch
+    if h % ph or w % pw:
+        from latentae.errors import LatentaeError
+
+        raise LatentaeError(f"latents of {h}x{w} cannot be patchified {ph}x{pw} (FLUX.2 normalization): crop images "
+                            "to a multiple of the model's crop_multiple (downsampling factor x patch)")
     return z.reshape(b, c, h // ph, ph, w // pw, pw).permute(0, 1, 3, 5, 2, 4).reshape(b, c * ph * pw, h // ph, w // pw)
 
 

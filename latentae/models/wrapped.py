@@ -50,6 +50,19 @@ class WrappedAutoencoder(nn.Module):
         """Pixels per latent position along each side (DC-AE: each encoder level but the first halves it)."""
         return 2 ** (len(self.config["encoder_block_out_channels"]) - 1)
 
+    @property
+    def crop_multiple(self) -> int:
+        """Image sides must be a multiple of this (see StandardBlocks.crop_multiple)."""
+        return self.downsample_factor
+
+    def enable_gradient_checkpointing(self) -> None:
+        if not self.vae._supports_gradient_checkpointing:
+            from latentae.config import ConfigError
+
+            raise ConfigError(f"config key 'train.gradient_checkpointing': diffusers' {type(self.vae).__name__} does "
+                              "not support gradient checkpointing")
+        self.vae.enable_gradient_checkpointing()
+
     def encode(self, images: Tensor) -> Tensor:
         """Images in [-1, 1] -> latents, unscaled (multiply by scaling_factor for a diffusion model)."""
         return self.vae.encode(images).latents

@@ -78,6 +78,7 @@ def _check_pairs(indices: Tensor) -> None:
 class TwoLevelVQ(Quantizer):
     """forward(z [B, dim, H, W], H and W even) -> QuantizerOutput with indices [B, H, W, 2] (top, bottom)."""
 
+    spatial_multiple = 2  # the latent's sides must be even (the model's crop_multiple includes it)
     num_stages = 2  # token components per position (the evaluation's per-stage statistics: top, bottom)
     tokens_per_position = (0.25, 1.0)  # distinct tokens per bottom position: one top token per 2x2 block
 

@@ -90,6 +90,9 @@ class RunConfig:
 
     def __post_init__(self):
         self.model.sample_size = self.data.resolution  # diffusers' tiling tile size: the training resolution
+        if self.train.teacher and self.loss.vf.weight > 0:  # the decoded latent is the teacher's: nothing to align
+            raise ConfigError("config keys 'train.teacher' and 'loss.vf.weight' > 0 do not combine: distillation "
+                              "decodes the teacher's latents, so the alignment would not reach the student's encoder")
         if self.train.export == "best" and not self.data.val:
             raise ConfigError("config key 'train.export=best' picks the export by validation: set data.val "
                               "(held-out images), or train.export=last")

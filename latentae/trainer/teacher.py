@@ -23,6 +23,9 @@ class Teacher:
                               f"{student.family}")
         self.model = load(source, device=device).requires_grad_(False).eval()
         self.source = source
+        if self.model.family == "vq":
+            raise ConfigError(f"config key 'train.teacher': {source} is a tokenizer; distillation learns a continuous "
+                              "latent space (a KL, FLUX.2, DC-AE or tiny teacher)")
         c = int(self.model.config["latent_channels"])
         side = 4 * self.model.downsample_factor  # 4 latent positions per side before normalization
         channels, h, _ = normalized_shape(self.model, c, 4, 4)
