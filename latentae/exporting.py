@@ -10,7 +10,6 @@ config.json + safetensors, loaded by `latentae.load`.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from latentae.errors import ModelFormatError
 from latentae.models import KLAutoencoder, VQTokenizer
+from latentae.models.config import init_keys
 from latentae.models.wrapped import WrappedAutoencoder
 
 SIDE_FILE = "latentae.json"  # training-side facts diffusers' config.json must not carry (it warns on unknown keys)
@@ -58,8 +58,8 @@ def _fold(outer: nn.Conv2d | None, inner: nn.Linear | None, conv: nn.Conv2d) -> 
 
 def _init_kwargs(cls, config) -> dict:
     """The entries of a diffusers config that `cls.__init__` takes."""
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in config.items() if k in params and k != "self"}
+    takes = init_keys(cls)
+    return {k: v for k, v in config.items() if k in takes}
 
 
 # ---------------------------------------------------------------- KL

@@ -247,11 +247,10 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
     config.json keys of sd / sd3 / sdxl (AutoencoderKL, and the keys AutoencoderDC / AutoencoderTiny take),
     leaving every other key as it is; or, for flux2, the running statistics of AutoencoderKLFlux2's `bn` in its
     weights file. Returns the values written."""
-    import inspect
-
     import diffusers
 
-    from latentae.loading import model_dir as resolve_model_dir  # a pipeline directory -> its vae/
+    from latentae.loading import model_dir as resolve_model_dir
+    from latentae.models.config import init_keys  # a pipeline directory -> its vae/
 
     path = resolve_model_dir(Path(model_dir)) / "config.json"
     config = json.loads(path.read_text())
@@ -275,7 +274,7 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
     if convention == "sdxl" and channels != 4:
         raise LatentaeError(f"the sdxl convention needs 4 latent channels (diffusers' SDXL pipelines reshape "
                             f"latents_mean/std to 4), this model has {channels}: use sd or sd3")
-    takes = inspect.signature(getattr(diffusers, name).__init__).parameters
+    takes = init_keys(getattr(diffusers, name))
     missing = [k for k, v in values.items() if k not in takes and v is not None]
     if missing:
         raise LatentaeError(f"{name} has no {', '.join(missing)}: the {convention} convention does not apply to it "

@@ -89,14 +89,18 @@ class ModelConfig:
         return kwargs
 
 
-def wrapped_init_keys(family: str) -> list[str]:
-    """The keyword arguments of the diffusers class a dc / tiny model builds."""
+def init_keys(cls: type) -> list[str]:
+    """The keyword arguments `cls.__init__` takes (a diffusers class: the config.json keys it reads)."""
     import inspect
 
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def wrapped_init_keys(family: str) -> list[str]:
+    """The keyword arguments of the diffusers class a dc / tiny model builds."""
     import diffusers
 
-    return [p for p in inspect.signature(getattr(diffusers, WRAPPED_FAMILIES[family]).__init__).parameters
-            if p != "self"]
+    return init_keys(getattr(diffusers, WRAPPED_FAMILIES[family]))
 
 
 def config_of(model) -> ModelConfig:
