@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from latentae.errors import ModelFormatError
 from latentae.models import KLAutoencoder, VQTokenizer
 from latentae.models.config import init_keys
+from latentae.models.taesd import TAESDAutoencoder
 from latentae.models.wrapped import WrappedAutoencoder
 
 SIDE_FILE = "latentae.json"  # training-side facts diffusers' config.json must not carry (it warns on unknown keys)
@@ -135,7 +137,15 @@ def to_diffusers(model):
         return vq_to_diffusers(model)
     if isinstance(model, WrappedAutoencoder):
         return model.vae
+    if isinstance(model, TAESDAutoencoder):
+        return model.to_tiny()  # raises where AutoencoderTiny cannot hold it
     raise ModelFormatError(f"cannot convert {type(model).__name__} to diffusers")
+
+
+def _has_diffusers_form(model) -> bool:
+    if isinstance(model, TAESDAutoencoder):
+        return model.tiny_obstacle is None
+    return isinstance(model, KLAutoencoder) or (model.config.get("quantizer") or {}).get("kind", "vq") in VQMODEL_KINDS
 
 
 def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Path:
@@ -148,12 +158,15 @@ def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Pa
     model = copy.deepcopy(model).float() if model.dtype != torch.float32 else model  # never cast the caller's model
     side = {"family": model.family, "metadata": metadata or {}}
     spec = model.config.get("quantizer") or {}
-    if isinstance(model, KLAutoencoder) or spec.get("kind", "vq") in VQMODEL_KINDS:
+    if _has_diffusers_form(model):
         module = to_diffusers(model)
         side["format"] = type(module).__name__
         if isinstance(model, VQTokenizer):  # lookup and training options that a re-imported model keeps
             side["quantizer"] = {k: v for k, v in spec.items() if k in ("l2_normalize", "beta", "grad_estimator")}
     else:
+        if isinstance(model, TAESDAutoencoder):
+            print(f"export: AutoencoderTiny cannot hold this TAESD model ({model.tiny_obstacle}): written in "
+                  "latentae's format, which latentae.load opens", file=sys.stderr)
         module = model
         side["format"] = "latentae"
     module.save_pretrained(output_dir, safe_serialization=True)

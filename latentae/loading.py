@@ -2,7 +2,8 @@
 
 Accepted: latentae exports, diffusers `AutoencoderKL` / `AutoencoderKLFlux2` (family kl), `VQModel` (vq),
 `AutoencoderDC` (dc) and `AutoencoderTiny` (tiny) directories (also a pipeline directory with a `vae/` or
-`vqvae/` folder), and original LDM / CompVis / taming single files (.ckpt, .safetensors). Nothing is
+`vqvae/` folder), original LDM / CompVis / taming single files (.ckpt, .safetensors), and the TAESD family's
+own `<name>_encoder` / `<name>_decoder` files (taesd; see latentae.models.taesd_files). Nothing is
 unpickled: safetensors, or `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
@@ -16,11 +17,14 @@ from latentae import ldm
 from latentae.errors import ModelFormatError
 from latentae.exporting import SIDE_FILE, kl_from_diffusers, vq_from_diffusers
 from latentae.models import KLAutoencoder, ModelConfig, VQTokenizer, build_model
+from latentae.models.taesd import TAESDAutoencoder
+from latentae.models.taesd_files import find_taesd, load_taesd
 from latentae.models.wrapped import WRAPPED_CLASSES
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
-_OURS = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer)}  # dc / tiny save their diffusers class
+_OURS = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer, TAESDAutoencoder)}  # dc / tiny save their
+# diffusers class
 
 
 def model_dir(path: Path) -> Path:
@@ -30,8 +34,7 @@ def model_dir(path: Path) -> Path:
     for sub in ("vae", "vqvae"):  # a whole pipeline directory
         if (path / sub / "config.json").is_file():
             return path / sub
-    raise ModelFormatError(f"{path} is not a model directory: no config.json (expected a latentae export, a "
-                           "diffusers AutoencoderKL/VQModel directory, or an LDM .ckpt/.safetensors file)")
+    raise ModelFormatError(f"{path} is not a model directory: no config.json. {SUPPORTED}")
 
 
 def _is_diffusers_autoencoder(class_name: str) -> bool:
@@ -63,8 +66,10 @@ DIFFUSERS_ADAPTERS = {
     "VQModel": _from_vq_model,
     **{name: cls.from_pretrained for name, cls in WRAPPED_CLASSES.items()},
 }
-SUPPORTED = (f"latentae.load opens diffusers {', '.join(DIFFUSERS_ADAPTERS)} (standard VAE blocks for the KL and "
-             f"VQ classes), latentae exports ({', '.join(_OURS)}) and LDM/taming .ckpt/.safetensors files")
+SUPPORTED = (f"latentae.load opens diffusers {', '.join(DIFFUSERS_ADAPTERS)} directories (standard VAE blocks for "
+             f"the KL and VQ classes; a pipeline directory's vae/ or vqvae/), latentae exports ({', '.join(_OURS)}), "
+             "LDM/taming .ckpt/.safetensors files and TAESD-family <name>_encoder / <name>_decoder "
+             "(.safetensors/.pth) files")
 
 
 def _load_dir(path: Path):
@@ -111,7 +116,12 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
          **ldm_overrides):
     """Open an autoencoder from `path` in eval mode; see the module docstring for what `path` may be."""
     path = Path(path)
-    if path.is_dir():
+    taesd = None if path.is_dir() and (path / "config.json").is_file() else find_taesd(path)
+    if taesd and ldm_overrides:
+        raise ModelFormatError(f"architecture overrides {sorted(ldm_overrides)} only apply to LDM files")
+    if taesd:
+        model = load_taesd(taesd)
+    elif path.is_dir():
         if ldm_overrides:
             raise ModelFormatError(f"architecture overrides {sorted(ldm_overrides)} only apply to LDM files")
         model = _load_dir(path)

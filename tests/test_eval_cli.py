@@ -224,3 +224,22 @@ def test_native_resolution_measures_whole_kodak_images(shared_data, tmp_path, ca
         # a different oneDNN kernel in the CLI's forward can flip a few of the 1.2M uint8 roundings (~1e-5 dB each)
         assert float(psnr) == pytest.approx(expected, abs=1e-3)
     assert Image.open(out / "grid.png").size == (512 + 4, 3 * 770 + 2)  # the first image's size only
+
+
+def test_resolution_off_the_models_multiple_is_one_clear_error_and_shapes_print_as_integers(tmp_path, capsys):
+    """A --resolution the model cannot encode and decode back to its size (not a multiple of its crop_multiple)
+    fails before any image is read, naming the multiple and the nearest valid sides; the report's latent shape
+    reads as integers."""
+    from families import FAMILIES
+
+    data = tmp_path / "data"
+    write_pngs(data, 2)
+    for family, resolution, multiple, nearest in (("tiny", 30, 4, "28 or 32"), ("dc", 33, 2, "32 or 34")):
+        FAMILIES[family]().save_pretrained(tmp_path / family)
+        args = eval_args(tmp_path / family, data, tmp_path / "o", "--metrics", "psnr")
+        args[args.index("--resolution") + 1] = str(resolution)
+        assert main(args) == 2
+        one_line_error(capsys, f"--resolution {resolution}", f"multiple of {multiple}", nearest)
+    assert not (tmp_path / "o").exists()
+    assert main(eval_args(tmp_path / "tiny", data, tmp_path / "o", "--metrics", "psnr")) == 0
+    assert "| latent shape (C x h x w) | 4x8x8 |" in capsys.readouterr().out

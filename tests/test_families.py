@@ -393,3 +393,47 @@ def test_teachers_that_cannot_distill_are_refused(tmp_path, demo_images):
                                "loss.perceptual_weight=0")
     with pytest.raises(ConfigError, match="is a tokenizer"):
         Run(load_run_config(str(PRESET.parent / "taesd-distill.yaml"), overrides))
+
+
+def test_flux2_stats_default_to_the_posterior_means_its_pipeline_normalizes(tmp_path, demo_images, capsys):
+    """Flux2Pipeline encodes images to posterior means (argmax) and normalizes them with bn: after `stats --write`
+    at its defaults, the pipeline's own _encode_vae_image gives latents of mean 0 and std 1 per channel."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKLFlux2, Flux2Pipeline
+
+    from latentae.data import DataConfig, eval_loader
+
+    FAMILIES["flux2"]().save_pretrained(tmp_path / "flux2")
+    assert main(["stats", "--model", str(tmp_path / "flux2"), "--data", str(demo_images), "--resolution", "32",
+                 "--write", "--precision", "fp32"]) == 0
+    assert "posterior means: this model's default (Flux2Pipeline" in capsys.readouterr().out
+    pipe = SimpleNamespace(vae=AutoencoderKLFlux2.from_pretrained(tmp_path / "flux2").eval(),
+                           _patchify_latents=Flux2Pipeline._patchify_latents)
+    batches = eval_loader(DataConfig(resolution=32, num_workers=0), batch_size=8, source=str(demo_images))
+    with torch.no_grad():
+        z = torch.cat([Flux2Pipeline._encode_vae_image(pipe, b["image"], None) for b in batches]).double()
+    np.testing.assert_allclose(z.mean((0, 2, 3)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(z.std((0, 2, 3), correction=0), 1.0, rtol=1e-2)  # var / (var + bn eps)
+
+
+def test_stats_write_leaves_a_tiny_autoencoders_normalized_latents_alone(tmp_path, demo_images, capsys):
+    """AutoencoderTiny's latents already are its teacher's normalized ones, which pipelines still scale by its
+    config's 1.0 / 0.0: --write is one clear error and config.json stays as it was; measuring still works."""
+    from latentae.errors import LatentaeError
+    from latentae.latents import write_normalization
+    from latentae.latents.stats import LatentStats
+
+    FAMILIES["tiny"]().save_pretrained(tmp_path / "tiny")
+    before = (tmp_path / "tiny" / "config.json").read_text()
+    args = ["stats", "--model", str(tmp_path / "tiny"), "--data", str(demo_images), "--resolution", "32",
+            "--precision", "fp32"]
+    assert main(args + ["--write"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already normalized" in err[0], err
+    stats = LatentStats(of="mean", images=1, positions=1, mean=[0.0] * 4, std=[2.0] * 4, global_mean=0.0,
+                        global_std=2.0)
+    with pytest.raises(LatentaeError, match="already normalized"):  # the library function refuses alike
+        write_normalization(tmp_path / "tiny", stats)
+    assert (tmp_path / "tiny" / "config.json").read_text() == before
+    assert main(args) == 0 and "latent statistics of posterior means" in capsys.readouterr().out

@@ -53,3 +53,17 @@ def test_tiny_vq_trains_and_exports(tmp_path, demo_images):
         ours = run.model.eval().decode(run.model.encode(x))
         assert_close_across_kernels(vq.decode(vq.encode(x).latents).sample, ours,
                                     layers=weight_layers(run.model.post_quant_conv, run.model.decoder))
+
+
+def test_dc_ae_preset_is_the_published_f32c32():
+    """dc-ae-f32c32 builds DC-AE f32c32 as diffusers converts dc-ae-f32c32-sana-1.0 (312.25M parameters, EfficientViT
+    blocks in the last 3 levels), not AutoencoderDC()'s defaults (362.9M, ResBlocks only); on the meta device."""
+    from diffusers.models.autoencoders.autoencoder_dc import EfficientViTBlock
+
+    cfg = load_run_config(str(CONFIGS / "dc-ae-f32c32.yaml"), REQUIRED)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(312_250_275, rel=1e-3)
+    assert model.downsample_factor == 32 and model.config["latent_channels"] == 32
+    for part in (model.vae.encoder, model.vae.decoder):
+        assert sum(isinstance(m, EfficientViTBlock) for m in part.modules()) == 9  # 3 levels x 3 layers

@@ -76,7 +76,7 @@ def test_write_gives_a_config_diffusers_loads(encoded, capsys):
     assert main(["stats", "--model", str(model_dir), "--latents", str(tmp / "both"), "--write",
                  "--convention", "sdxl"]) == 0
     vae = AutoencoderKL.from_pretrained(model_dir)
-    assert vae.config.scaling_factor == 1.0 and vae.config.shift_factor is None
+    assert vae.config.scaling_factor == 1.0 and vae.config.shift_factor == 0.0  # sd3 left a number there
     np.testing.assert_allclose(vae.config.latents_std, expected.std, rtol=1e-6)
     np.testing.assert_allclose(vae.config.latents_mean, expected.mean, rtol=1e-6)
     # latents normalized the SDXL way have zero mean and unit variance per channel
@@ -143,3 +143,21 @@ def test_stats_of_images_at_native_size_and_the_first_images_in_order(tmp_path):
         # float32 latents from batches of 1 here and 2 there (kernel choice depends on the batch size)
         np.testing.assert_allclose(stats.mean, mean, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(stats.std, std, rtol=1e-4)
+
+
+def test_write_never_puts_null_over_a_number(encoded, tmp_path):
+    """A key the convention does not use, where the config holds numbers (a FLUX.1-style shift_factor, SDXL-style
+    latents_mean / std), becomes the value that changes nothing, not null: pipelines that add the shift fail on
+    null, and (z - 0) * scaling_factor is the sd convention's z * scaling_factor."""
+    from diffusers import AutoencoderKL
+
+    model, pattern, tmp = encoded
+    model_dir = export(model, tmp_path / "export")
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(shift_factor=0.1159, latents_mean=[0.1] * 4, latents_std=[2.0] * 4)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert main(["stats", "--model", str(model_dir), "--latents", str(tmp / "both"), "--write"]) == 0
+    vae = AutoencoderKL.from_pretrained(model_dir)
+    assert vae.config.shift_factor == 0.0
+    assert vae.config.latents_mean == [0.0] * 4 and vae.config.latents_std == [1.0] * 4
+    assert vae.config.scaling_factor == pytest.approx(1 / latent_stats(str(tmp / "both")).global_std)

@@ -47,9 +47,9 @@ def add_arguments(p):
                    "repeat it to compare models side by side on the same images (one table, one grid)")
     p.add_argument("--data", required=True, help="image folder, image file, tar / shard pattern "
                    "(data-{0000..0009}.tar), glob, or a comma-separated list of these")
-    p.add_argument("--resolution", type=resolution_or_native, default=256, help="center-crop side in pixels, or "
-                   "native: whole images, center-cropped to a multiple of the model's downsampling factor "
-                   "(default: 256)")
+    p.add_argument("--resolution", type=resolution_or_native, default=256, help="center-crop side in pixels, a "
+                   "multiple of the model's crop multiple (its downsampling factor; 2x that for FLUX.2 and VQ-VAE-2), "
+                   "or native: whole images, center-cropped to such a multiple (default: 256)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per batch and "
                    f"process (default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the data's order, "
@@ -75,6 +75,19 @@ def _names(paths: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else f"{i}:{n}" for i, n in enumerate(names)]
 
 
+def _check_resolution(resolution: int, factors: dict[str, int], factor: int) -> None:
+    """Another side would come back from the decoder another size than the crop it is compared with."""
+    from latentae.errors import LatentaeError
+
+    if resolution % factor:
+        below = resolution // factor * factor
+        nearest = " or ".join(str(v) for v in (below, below + factor) if v)
+        whose = f"the model's multiple ({next(iter(factors))})" if len(factors) == 1 else \
+            "the least common multiple of the models' (" + ", ".join(f"{n}: {f}" for n, f in factors.items()) + ")"
+        raise LatentaeError(f"--resolution {resolution} is not a multiple of {factor}, {whose}: image sides must "
+                            f"be one to come back from the decoder at their size; nearest valid: {nearest}")
+
+
 def run(args):
     import torch
     from accelerate import Accelerator
@@ -93,6 +106,8 @@ def run(args):
     native = args.resolution is None
     factors = {name: m.crop_multiple for name, m in models.items()}
     factor = math.lcm(*factors.values())  # native crops every model can take: the same images for all
+    if not native:
+        _check_resolution(args.resolution, factors, factor)
     cfg = DataConfig(num_workers=args.num_workers, **({} if native else {"resolution": args.resolution}))
 
     def loader(rank=accelerator.process_index, world_size=accelerator.num_processes):

@@ -5,16 +5,21 @@ Measures the global and per-channel mean and standard deviation of the latents, 
 encoded on the fly at their native size like `latentae encode`, or at --resolution) or of `latentae encode`
 output (--latents), and prints the recommended scaling_factor
 (1 / std, the Stable Diffusion convention), shift_factor (the mean, SD3 / FLUX) and per-channel latents_mean /
-latents_std (SDXL-family pipelines). By default the statistics are those of posterior samples, what a latent
-diffusion model trains on (exact moments from mean and logvar, no noise drawn); --of mean measures means.
+latents_std (SDXL-family pipelines). By default the statistics are of the latents the model's pipeline
+normalizes, and the output says which: posterior samples for SD-style KL models (what LDM and diffusers' training
+scripts encode; exact moments from mean and logvar, no noise drawn), posterior means for FLUX.2 (Flux2Pipeline
+encodes the mean); --of picks either.
 
 --write stores the constants of one --convention in the model directory's config.json, so that
 `AutoencoderKL.from_pretrained` and the pipelines built on it normalize latents accordingly; the keys the
-convention does not use are set to null and every other key is left as it is:
+convention does not use are set to null (where they hold numbers: to the value that changes nothing, shift and
+mean 0, std 1) and every other key is left as it is:
   sd    scaling_factor                  (StableDiffusionPipeline, DiTPipeline, ...: z * scaling_factor)
   sd3   scaling_factor + shift_factor   (SD3 / FLUX pipelines: (z - shift_factor) * scaling_factor)
   sdxl  latents_mean + latents_std, scaling_factor 1   (SDXL-family pipelines; 4 latent channels only)
   flux2 bn running mean / var of the 2x2-patchified latents, in the weights (Flux2Pipeline; FLUX.2 models' default)
+
+A tiny autoencoder's latents already are its teacher's normalized ones: --write refuses it.
 
   latentae stats --model out/export --data kodak/ --write
 """
@@ -31,8 +36,8 @@ def add_arguments(p):
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="images to encode: shards, tar, image folder or files (comma list)")
     source.add_argument("--latents", help="latentae encode output (folder, shard pattern or tar)")
-    p.add_argument("--of", choices=("sample", "mean"), default="sample", help="statistics of posterior samples "
-                   "(default) or posterior means")
+    p.add_argument("--of", choices=("sample", "mean"), help="statistics of posterior samples or means (default: "
+                   "those the model's pipeline normalizes: means for FLUX.2, samples for other KL models)")
     p.add_argument("--max-images", type=positive_int, help="--data: use the first N images only (files in order, "
                    "each in stored order)")
     p.add_argument("--write", action="store_true", help="write the constants into the model's config.json (flux2: "
@@ -47,7 +52,8 @@ def run(args):
     from latentae.errors import LatentaeError
     from latentae.latents.options import DEFAULT_PRECISION
     from latentae.latents.runtime import default_device
-    from latentae.latents.stats import latent_stats, latent_stats_of_images, stats_patch, write_normalization
+    from latentae.latents.stats import (latent_stats, latent_stats_of_images, pipeline_latents,
+                                        refuse_normalized_latents, stats_patch, write_normalization)
     from latentae.loading import load
 
     if args.latents and (args.max_images or args.resolution or args.precision != DEFAULT_PRECISION
@@ -63,7 +69,12 @@ def run(args):
     if (convention == "flux2") != bool(patch):
         raise LatentaeError(f"--convention {convention} does not fit {args.model}: flux2 is the convention of "
                             "FLUX.2 models (latent_norm: flux2), and theirs only")
-    of = args.of if hasattr(model, "posterior") else "mean"  # a deterministic latent is its own sample
+    if args.write:  # before measuring: nothing to write for it
+        refuse_normalized_latents(type(model), args.model)
+    of, why = pipeline_latents(model)
+    why = f"this model's default ({why})"
+    if args.of and hasattr(model, "posterior"):  # a deterministic latent is its own sample: means whatever --of
+        of, why = args.of, "as --of asks"
     if args.latents:
         stats = latent_stats(args.latents, of=of, patch=patch)
     else:
@@ -76,7 +87,7 @@ def run(args):
     if len(stats.mean) != channels:
         raise LatentaeError(f"{args.latents} holds {len(stats.mean)}-channel latents; {args.model} has "
                             f"{channels} (normalized) latent channels")
-    print(stats.table())
+    print(stats.table(why))
     if args.write:
         values = write_normalization(args.model, stats, convention)
         if convention == "flux2":

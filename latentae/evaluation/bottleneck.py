@@ -116,7 +116,7 @@ def _mean(values) -> float:
 
 
 class LatentShape:
-    """Deterministic autoencoders (DC-AE, tiny): no posterior, no codebook; latent_shape: [C, h, w] of the
+    """Deterministic autoencoders (DC-AE, tiny, TAESD): no posterior, no codebook; latent_shape: [C, h, w] of the
     first image's latent."""
 
     def __init__(self):

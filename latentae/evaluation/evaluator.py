@@ -28,6 +28,7 @@ from latentae.evaluation import bottleneck as bottleneck_mod
 from latentae.evaluation.gather import all_reduce_sum, any_rank, gather_cat, gather_objects, world_size
 from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
                                          psnr_per_image, ssim_per_image, to_uint8)
+from latentae.models.config import DETERMINISTIC
 
 DEFAULT_METRICS = IMAGE_METRICS
 
@@ -137,7 +138,7 @@ def _reconstruct(model: nn.Module, x: Tensor, bf16: bool):
         return model(x, sample_posterior=False) if hasattr(model, "posterior") else model(x)
 
 
-FAMILIES = ("kl", "vq", "dc", "tiny")
+FAMILIES = ("kl", "vq", *DETERMINISTIC)
 
 
 class _ModelRun:

@@ -35,12 +35,14 @@ _ROWS = {
     "kl_per_channel": ("KL per channel (nats / element)", "", ""),
     "active_channels": ("active latent channels", "{}", ""),
     "latent_channels": ("latent channels", "{}", ""),
+    "latent_shape": ("latent shape (C x h x w)", "", ""),
 }
 
 
 def _fmt(key: str, value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(f"{v:.4f}" for v in value)
+    if isinstance(value, list):  # a shape is integers, per-channel values are floats
+        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else \
+            ", ".join(f"{v:.4f}" for v in value)
     if key in _ROWS:
         return _ROWS[key][1].format(value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -113,6 +115,14 @@ def comparison_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
     return make_grid(torch.cat([x, r, diff]), nrow=len(x), padding=2, pad_value=1.0)
 
 
+def save_png(image: Tensor, path: Path) -> None:
+    """A float [3, H, W] image in [0, 1] as PNG (the pixels torchvision's save_image writes) at zlib level 1: a
+    grid of photos is only ~4% smaller at PIL's default level 6, which takes 2.6x as long (4.4 s instead of 1.7 s
+    for 8 native-size Kodak images on 2 cores)."""
+    pixels = image.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(pixels).save(path, compress_level=1)
+
+
 def histogram_image(values: list[float], *, title: str, bins: int = 30, size: tuple[int, int] = (640, 400)
                     ) -> Image.Image:
     """A bar chart of `values` drawn with PIL: counts per bin, with axis ticks at both ends and the mean."""
@@ -148,8 +158,6 @@ def histogram_image(values: list[float], *, title: str, bins: int = 30, size: tu
 
 def write_report(result: EvalResult, output: str | Path, setup: dict[str, Any]) -> dict[str, Path]:
     """Write the report files into `output` (created); returns {kind: path} of what was written."""
-    from torchvision.utils import save_image
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "report.json", "markdown": out / "report.md", "per_image": out / "per_image.csv"}
@@ -163,7 +171,7 @@ def write_report(result: EvalResult, output: str | Path, setup: dict[str, Any]) 
             writer.writerow([key, *(f"{result.per_image[n][i]:.6f}" for n in names)])
     if result.examples:
         written["grid"] = out / "grid.png"
-        save_image(comparison_grid(result.examples["input"], result.examples["reconstruction"]), written["grid"])
+        save_png(comparison_grid(result.examples["input"], result.examples["reconstruction"]), written["grid"])
     if result.per_image_psnr:
         written["psnr_hist"] = out / "psnr_hist.png"
         histogram_image(result.per_image_psnr, title="per-image PSNR (dB)").save(written["psnr_hist"])

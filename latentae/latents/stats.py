@@ -1,9 +1,10 @@
 """`latentae stats`: latent mean and standard deviation (global and per channel) of a KL autoencoder, the
 normalization constants they recommend, and writing those into an exported `config.json`.
 
-Which latents: by default posterior *samples* z ~ q(z|x), what a latent diffusion model is trained on (LDM
-computed SD's 0.18215 from samples). Their moments are exact from the stored mean m and logvar:
-E[z] = E[m], E[z^2] = E[m^2] + E[exp(logvar)], so no noise is drawn. `of="mean"` measures posterior means.
+Which latents: by default those the model's pipeline normalizes (`pipeline_latents`): posterior *samples*
+z ~ q(z|x) for SD-style KL models (LDM computed SD's 0.18215 from samples; diffusers' training scripts encode
+samples), posterior *means* for FLUX.2 (Flux2Pipeline and BFL's code encode the mean). Sample moments are exact from
+the stored mean m and logvar: E[z] = E[m], E[z^2] = E[m^2] + E[exp(logvar)], so no noise is drawn.
 
 Conventions (how diffusers pipelines undo the normalization, see `write_normalization`):
   sd    scaling_factor = 1 / std                         z_model = z * scaling_factor (SD 1/2, DiT, ...)
@@ -64,10 +65,12 @@ class LatentStats:
             return {**rec, "scaling_factor": 1.0, "shift_factor": None}
         raise LatentaeError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
 
-    def table(self) -> str:
+    def table(self, why: str = "") -> str:
+        """`why`: why these latents (samples or means), said on a line of its own."""
         what = "posterior samples" if self.of == "sample" else "posterior means"
         rows = [f"latent statistics of {what}: {self.images} images, {len(self.mean)} channels, "
                 f"{self.positions // max(self.images, 1)} positions per image",
+                *([f"{what}: {why}"] if why else []),
                 f"{'channel':>8} {'mean':>10} {'std':>10}"]
         rows += [f"{c:>8} {m:>10.4f} {s:>10.4f}" for c, (m, s) in enumerate(zip(self.mean, self.std))]
         rows.append(f"{'all':>8} {self.global_mean:>10.4f} {self.global_std:>10.4f}")
@@ -126,6 +129,25 @@ def _mean_second(array: np.ndarray, store: str, of: str) -> tuple[np.ndarray, np
         return mean, mean**2
     raise LatentaeError(f"the latents were stored as {store}s only: statistics of posterior {of}s need "
                         f"mean and logvar (encode with --store both), or use --of {store}")
+
+
+def pipeline_latents(model) -> tuple[str, str]:
+    """Which latents the model's pipeline normalizes, "sample" or "mean" (`of`'s default), and why."""
+    if not hasattr(model, "posterior"):
+        return "mean", "a deterministic latent is its own sample"
+    if stats_patch(model):
+        return "mean", "Flux2Pipeline and FLUX.2's own code normalize posterior means"
+    return "sample", "LDM and diffusers' SD-family training scripts encode posterior samples"
+
+
+def refuse_normalized_latents(cls, where) -> None:
+    """Latents that already are a diffusion model's (a tiny autoencoder's: its teacher's normalized latents) get
+    no constants: pipelines apply the config's on top, so measured ones would normalize them twice."""
+    if getattr(cls, "latents_normalized", False):
+        name = getattr(cls, "diffusers_class", cls).__name__
+        raise LatentaeError(f"{where}: an {name}'s latents are already normalized (its teacher's), and "
+                            "pipelines still apply its config's scaling_factor / shift_factor: writing measured "
+                            "ones would normalize them twice; nothing written (measure without --write)")
 
 
 def stats_patch(model) -> tuple[int, int] | None:
@@ -201,17 +223,18 @@ def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_s
     return moments.result(of)
 
 
-def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] = "sample", batch_size: int = 16,
+def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] | None = None, batch_size: int = 16,
                            resolution: int | None = None, precision: str = "fp32", channels_last: bool = False,
                            device: str | torch.device | None = None, workers: int = 2,
                            max_images: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LatentStats:
     """Statistics of `model`'s latents of the images in `data` (encoded on the fly, nothing written), at their
     native size (default: center-cropped to a multiple of the model's downsampling factor, as `latentae encode`
     does) or center-cropped to `resolution`; the first `max_images` (files in order, each in stored order)
-    only if set."""
+    only if set. `of`: posterior samples or means, by default those the model's pipeline normalizes."""
     if model.family == "vq":
         raise LatentaeError(f"latent statistics apply to continuous latents, not to {type(model).__name__}'s "
                             "token ids")
+    of = of or pipeline_latents(model)[0]
     patch = stats_patch(model)
     jobs = plan_jobs(expand_sources(data), images_per_shard=1000)  # bad data fails before the model is set up
     runtime = Runtime(model, device=device, precision=precision, channels_last=channels_last)
@@ -251,10 +274,12 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
 
     from latentae.loading import model_dir as resolve_model_dir
     from latentae.models.config import init_keys  # a pipeline directory -> its vae/
+    from latentae.models.wrapped import WRAPPED_CLASSES
 
     path = resolve_model_dir(Path(model_dir)) / "config.json"
     config = json.loads(path.read_text())
     name = config.get("_class_name")
+    refuse_normalized_latents(WRAPPED_CLASSES.get(name), path.parent)
     expected = ("AutoencoderKLFlux2",) if convention == "flux2" else ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny")
     if name not in expected:
         other = " (its pipeline normalizes with the bn statistics: use --convention flux2)" \
@@ -279,12 +304,21 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
     if missing:
         raise LatentaeError(f"{name} has no {', '.join(missing)}: the {convention} convention does not apply to it "
                             f"(use sd)")
-    values = {k: v for k, v in values.items() if k in takes}
+    values = {k: _unused(k, config.get(k)) if v is None else v for k, v in values.items() if k in takes}
     config.update(values)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return values
+
+
+def _unused(key: str, current):
+    """A key the convention does not use: null (diffusers' "absent"), but never over numbers (pipelines that add
+    shift_factor fail on null): there the value that changes nothing, shift / mean 0, std 1."""
+    fill = 1.0 if key == "latents_std" else 0.0
+    if isinstance(current, (int, float)):
+        return fill
+    return [fill] * len(current) if isinstance(current, list) else None
 
 
 def _write_bn_statistics(directory: Path, stats: LatentStats) -> dict:

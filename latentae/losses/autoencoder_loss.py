@@ -55,6 +55,7 @@ from latentae.losses.kl import active_channels, kl_per_channel, kl_term, kl_weig
 from latentae.losses.latent_noise import latent_noise_loss
 from latentae.losses.perceptual import MIN_SIZE, PerceptualLoss
 from latentae.losses.pixel import pixel_loss, reduce_elements
+from latentae.models.config import DETERMINISTIC
 
 IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
 # LossConfig section (also the log key loss/<name>) -> term(reconstruction, decode, latent, images, cfg)
@@ -96,8 +97,8 @@ class AutoencoderLoss(nn.Module):
     def __init__(self, cfg: LossConfig, family: str = "kl", micro_batches: int = 1,  # micro-batches per step
                  latent_channels: int | None = None):  # channels of the decoded latent (loss.vf's projection)
         super().__init__()
-        if family not in ("kl", "vq", "dc", "tiny"):
-            raise ValueError(f"family must be 'kl', 'vq', 'dc' or 'tiny', got {family!r}")
+        if family not in ("kl", "vq", *DETERMINISTIC):
+            raise ValueError(f"family must be one of kl, vq, {', '.join(DETERMINISTIC)}, got {family!r}")
         if family == "vq" and cfg.reduction == "sum":
             raise ConfigError("config key 'loss.reduction': 'sum' would scale the reconstruction by C*H*W "
                               "against the quantizer's mean-reduced losses; VQ training needs 'mean'")
@@ -238,8 +239,8 @@ class AutoencoderLoss(nn.Module):
 
     def _bottleneck(self, step, posterior, quant, latent, logs) -> Tensor:
         """KL term (KL family) or the quantizer's losses (VQ family), with their diagnostics; nothing for the
-        deterministic families (dc, tiny), whose decoded `latent` is only logged."""
-        if self.family in ("dc", "tiny"):
+        deterministic families (dc, tiny, taesd), whose decoded `latent` is only logged."""
+        if self.family in DETERMINISTIC:
             if latent is None:
                 raise ValueError(f"the {self.family} family's generator loss needs latent= (the decoded latent)")
             bottleneck = latent.new_zeros((), dtype=torch.float32)

@@ -9,13 +9,16 @@ from latentae.config import ConfigError
 # Fields that only one family reads, with the value that means "left alone".
 _KL_ONLY = {"use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None, "latent_norm": None}
 _VQ_ONLY = {"vq_embed_dim": None, "quantizer": {}}
-WRAPPED_FAMILIES = {"dc": "AutoencoderDC", "tiny": "AutoencoderTiny"}  # family -> the diffusers class it builds
+# family -> the class it builds from model.diffusers (diffusers' own, or latentae's TAESDAutoencoder)
+WRAPPED_FAMILIES = {"dc": "AutoencoderDC", "tiny": "AutoencoderTiny", "taesd": "TAESDAutoencoder"}
+DETERMINISTIC = tuple(WRAPPED_FAMILIES)  # no posterior, no codebook: the latent is the encoder's output
 
 
 @dataclass
 class ModelConfig:
-    family: Literal["kl", "vq", "dc", "tiny"] = "kl"  # kl: Gaussian posterior (SD VAE, FLUX.2); vq: quantized
-    # tokenizer; dc: DC-AE (diffusers AutoencoderDC); tiny: TAESD-style AutoencoderTiny (both deterministic)
+    family: Literal["kl", "vq", "dc", "tiny", "taesd"] = "kl"  # kl: Gaussian posterior (SD VAE, FLUX.2); vq:
+    # quantized tokenizer; dc: DC-AE (diffusers AutoencoderDC); tiny: TAESD-style AutoencoderTiny; taesd: the TAESD
+    # family in its authors' layout (TAEF2's pool branch, TAESANA's f32); the last three deterministic
     in_channels: int = 3
     out_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])  # one per level; f = 2^(n-1)
@@ -33,15 +36,16 @@ class ModelConfig:
     # statistics (`latentae stats --write` fills them); exports to AutoencoderKLFlux2
     vq_embed_dim: int | None = None  # vq only: channels entering the quantizer (default latent_channels)
     quantizer: dict = field(default_factory=dict)  # vq only: {kind: vq|simvq|ibq|bsq|fsq|lfq|gumbel|residual|vqvae2, **its options}
-    diffusers: dict = field(default_factory=dict)  # dc / tiny only: the keyword arguments of AutoencoderDC /
-    # AutoencoderTiny (their config.json keys), passed through; every other model key is for kl / vq
+    diffusers: dict = field(default_factory=dict)  # dc / tiny / taesd only: the keyword arguments of AutoencoderDC /
+    # AutoencoderTiny / TAESDAutoencoder (their config.json keys), passed through; every other key is for kl / vq
 
     def __post_init__(self):
         if self.family in WRAPPED_FAMILIES:
             self._check_wrapped()
             return
         if self.diffusers:
-            raise ConfigError(f"config key 'model.diffusers' applies to model.family dc / tiny, not {self.family}")
+            raise ConfigError(f"config key 'model.diffusers' applies to model.family {' / '.join(WRAPPED_FAMILIES)}, "
+                              f"not {self.family}")
         other = _VQ_ONLY if self.family == "kl" else _KL_ONLY
         for name, untouched in other.items():
             if getattr(self, name) != untouched:
@@ -58,7 +62,7 @@ class ModelConfig:
             self.quantizer = check_quantizer_spec(self.quantizer, where="model.quantizer")
 
     def _check_wrapped(self) -> None:
-        """dc / tiny read model.diffusers only: another key set away from its default is named, and so is a
+        """dc / tiny / taesd read model.diffusers only: another key set away from its default is named, and so is a
         diffusers key the class does not take."""
         import dataclasses
 
@@ -97,10 +101,12 @@ def init_keys(cls: type) -> list[str]:
 
 
 def wrapped_init_keys(family: str) -> list[str]:
-    """The keyword arguments of the diffusers class a dc / tiny model builds."""
+    """The keyword arguments of the class a dc / tiny / taesd model builds."""
     import diffusers
 
-    return init_keys(getattr(diffusers, WRAPPED_FAMILIES[family]))
+    from latentae.models import taesd
+
+    return init_keys(getattr(diffusers, WRAPPED_FAMILIES[family], None) or getattr(taesd, WRAPPED_FAMILIES[family]))
 
 
 def config_of(model) -> ModelConfig:

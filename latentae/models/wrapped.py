@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderDC, AutoencoderTiny
 from torch import Tensor, nn
 
+from latentae.models.deterministic import deterministic_forward
 from latentae.models.output import AutoencoderOutput
 
 
@@ -21,6 +22,9 @@ class WrappedAutoencoder(nn.Module):
     family: str  # "dc" | "tiny"
     diffusers_class: type
     distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
+    has_encoder = True
+    # its latents already are a diffusion model's (normalized) ones, so they get no measured normalization constants
+    latents_normalized = False
 
     def __init__(self, vae: nn.Module | None = None, **config):
         super().__init__()
@@ -71,12 +75,7 @@ class WrappedAutoencoder(nn.Module):
         return self.vae.decode(latents).sample
 
     def forward(self, images: Tensor, target: Tensor | None = None) -> AutoencoderOutput:
-        """With `target` (a teacher's normalized latents of `images`: distillation, the TAESD recipe) the decoder
-        decodes the target and the encoder's latent is returned as `encoded`, for the loss to pull it there."""
-        z = self.encode(images)
-        if target is None:
-            return AutoencoderOutput(reconstruction=self.decode(z), latent=z)
-        return AutoencoderOutput(reconstruction=self.decode(target), latent=target, encoded=z)
+        return deterministic_forward(self, images, target)
 
     def last_layer(self) -> nn.Parameter:
         """The decoder's output weight (the adaptive GAN weight compares gradient norms here)."""
@@ -109,6 +108,7 @@ class TinyAutoencoder(WrappedAutoencoder):
 
     family = "tiny"
     diffusers_class = AutoencoderTiny
+    latents_normalized = True  # its teacher's normalized latents; pipelines apply its config's 1.0 / 0.0 on top
 
     @property
     def downsample_factor(self) -> int:  # every encoder block after the first downsamples by the scaling factor
