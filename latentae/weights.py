@@ -189,7 +189,8 @@ class HubModel:
 
 HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
     HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
-             "the VF alignment loss (set loss.vf.weight=0 to train without it)", "loss.vf.model"),
+             "the VF alignment loss (set loss.vf.weight=0 to train without it) and the probe's FD-DINOv2 (reported "
+             "unavailable without it)", "loss.vf.model"),
 ]}
 
 

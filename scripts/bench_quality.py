@@ -101,7 +101,7 @@ BUDGETS = {
         vq_model={"block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 16,
                   "mid_block_add_attention": False, "latent_channels": 64},
         codebook_size=1024, fsq_levels=(8, 5, 5, 5), train="tiny-imagenet-64/tiny-{00000..00009}.tar,bsds500/train",
-        probe="cpu"),  # the probe's cpu preset: ~7 min per model at one thread (measured 2026-11-28)
+        probe="cpu"),  # the probe's cpu preset: its expected duration is printed before it runs
     "gpu": Budget(  # the same study at 256 px on one GPU (Tiny ImageNet's 64-px images would be upscaled 4x)
         name="gpu", resolution=256, batch_size=16, lr=1e-4, steps=3000, seconds=300.0, evals=6,
         kl_model={"block_out_channels": [64, 128, 256, 256], "layers_per_block": 2, "norm_num_groups": 32,
@@ -575,7 +575,7 @@ def diffusability_probe(out: Path, budget: Budget, data_root: Path, results: dic
                   run={"seconds": time.perf_counter() - t, "threads": torch.get_num_threads()})
     path.write_text(json.dumps(report, indent=2) + "\n")
     (out / "probe" / "report.md").write_text(markdown(report))
-    print(f"diffusability probe: {report['run']['seconds'] / 60:.1f} min; ranking at t = {report['rank_level']}: "
+    print(f"diffusability probe: {report['run']['seconds'] / 60:.1f} min; ranking by {report['rank_by']}: "
           f"{', '.join(report['ranking'])}", flush=True)
     return report
 

@@ -29,7 +29,7 @@ class Budget:
     head_dim: int
     layers: int
     patch_size: int  # latent positions per token side; the latent side must be a multiple
-    samples: int  # images drawn and decoded per model
+    samples: int  # images drawn and decoded per model: the sample metric compares them with the val images
     sample_steps: int  # Euler steps per sample
 
     def as_dict(self) -> dict:
@@ -38,13 +38,36 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget(resolution=32, max_images=16, val_images=4, steps=6, batch_size=4, eval_every=3, lr=1e-3,
-                    heads=2, head_dim=8, layers=1, patch_size=2, samples=2, sample_steps=4),
-    # not yet timed against its ~10 min per model target on 2 cores
+                    heads=2, head_dim=8, layers=1, patch_size=2, samples=4, sample_steps=4),
     "cpu": Budget(resolution=64, max_images=2048, val_images=256, steps=1500, batch_size=16, eval_every=250,
-                  lr=3e-4, heads=4, head_dim=16, layers=2, patch_size=1, samples=8, sample_steps=50),
+                  lr=3e-4, heads=4, head_dim=16, layers=2, patch_size=1, samples=256, sample_steps=50),
     "gpu": Budget(resolution=256, max_images=20000, val_images=1000, steps=20000, batch_size=128, eval_every=1000,
-                  lr=2e-4, heads=6, head_dim=64, layers=12, patch_size=2, samples=16, sample_steps=100),
+                  lr=2e-4, heads=6, head_dim=64, layers=12, patch_size=2, samples=1000, sample_steps=100),
 }
+
+# Sustained DiT FLOP/s of a probe run (training, validation and sampling FLOPs over the run's wall time, which also
+# holds decoding and the sample metrics), for the duration printed before a run. cpu: measured 2026-12-07 with the
+# cpu budget (64 px, 2 models, 10.9 min: 14.5 GFLOP/s; at 32 px, 5 models: 11.4) at one thread, AMD EPYC, 2 cores
+# shared (load 4-6). cuda: assumed, not measured: ~30% of an H100's 67 TFLOP/s dense fp32 (torch leaves TF32 off
+# for matmuls), which puts the gpu budget at ~70 min per f8 model (86 PFLOP; BENCHMARKS.md, Diffusability).
+THROUGHPUT = {"cpu": 14.5e9, "cuda": 2e13}
+
+
+def forward_flops(dit, channels: int, side: int) -> int:
+    """FLOPs of one image's DiT forward (torch's FlopCounterMode: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(dit.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        velocity(dit, torch.zeros(1, channels, side, side, device=device), torch.full((1,), 0.5, device=device))
+    return counter.get_total_flops()
+
+
+def run_flops(budget: Budget, per_image: int) -> float:
+    """DiT FLOPs of one model's probe run: training steps (backward ~2x forward), validation curve, sampling."""
+    evals = len(set(range(0, budget.steps + 1, budget.eval_every)) | {budget.steps})
+    return per_image * (3 * budget.batch_size * budget.steps + len(VAL_LEVELS) * budget.val_images * evals
+                        + budget.samples * budget.sample_steps)
 
 
 def make_dit(*, channels: int, side: int, budget: Budget):
@@ -127,12 +150,16 @@ def train(dit, train_latents: Tensor, val: Tensor, *, budget: Budget, seed: int)
 
 
 @torch.no_grad()
-def sample(dit, shape: tuple[int, ...], *, steps: int, seed: int) -> Tensor:
-    """Euler integration of dx/dt = v from noise (t = 1) to data (t = 0); noise drawn from `seed`."""
+def sample(dit, shape: tuple[int, ...], *, steps: int, seed: int, batch_size: int) -> Tensor:
+    """Euler integration of dx/dt = v from noise (t = 1) to data (t = 0), `batch_size` samples at a time; noise
+    drawn from `seed`."""
     device = next(dit.parameters()).device
     dit.eval()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     ts = torch.linspace(1.0, 0.0, steps + 1)
-    for t, t_next in zip(ts[:-1], ts[1:]):
-        x = x + (t_next - t).item() * velocity(dit, x, torch.full((shape[0],), t.item(), device=device))
-    return x.cpu()
+    out = []
+    for x in torch.randn(shape, generator=torch.Generator().manual_seed(seed)).split(batch_size):
+        x = x.to(device)
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = x + (t_next - t).item() * velocity(dit, x, torch.full((len(x),), t.item(), device=device))
+        out.append(x.cpu())
+    return torch.cat(out)
