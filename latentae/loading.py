@@ -1,10 +1,11 @@
 """`latentae.load(path)`: open any autoencoder latentae knows, as a latentae model of its family.
 
 Accepted: latentae exports, diffusers `AutoencoderKL` / `AutoencoderKLFlux2` (family kl), `VQModel` (vq),
-`AutoencoderDC` (dc) and `AutoencoderTiny` (tiny) directories (also a pipeline directory with a `vae/` or
-`vqvae/` folder), original LDM / CompVis / taming single files (.ckpt, .safetensors), and the TAESD family's
-own `<name>_encoder` / `<name>_decoder` files (taesd; see latentae.models.taesd_files). Nothing is
-unpickled: safetensors, or `torch.load(weights_only=True)`.
+`AutoencoderDC` (dc), `AutoencoderTiny` (tiny), `AutoencoderKLQwenImage` / `AutoencoderKLWan` /
+`AutoencoderKLHunyuanImage` (kl, held untouched: latentae/models/image_vaes.py) and `AutoencoderRAE` (rae)
+directories (also a pipeline directory with a `vae/` or `vqvae/` folder), original LDM / CompVis / taming single
+files (.ckpt, .safetensors), and the TAESD family's own `<name>_encoder` / `<name>_decoder` files (taesd; see
+latentae.models.taesd_files). Nothing is unpickled: safetensors, or `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
@@ -16,15 +17,14 @@ import torch
 from latentae import ldm
 from latentae.errors import ModelFormatError
 from latentae.exporting import SIDE_FILE, kl_from_diffusers, vq_from_diffusers
-from latentae.models import KLAutoencoder, ModelConfig, VQTokenizer, build_model
+from latentae.models import WRAPPED_CLASSES, KLAutoencoder, ModelConfig, VQTokenizer, build_model
 from latentae.models.taesd import TAESDAutoencoder
 from latentae.models.taesd_files import find_taesd, load_taesd
-from latentae.models.wrapped import WRAPPED_CLASSES
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
-_OURS = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer, TAESDAutoencoder)}  # dc / tiny save their
-# diffusers class
+_OURS = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer, TAESDAutoencoder)}  # wrapped models save
+# their diffusers class
 
 
 def model_dir(path: Path) -> Path:
@@ -59,7 +59,7 @@ def _from_kl(cls_name: str):
 
 
 # The one place that maps a diffusers class to the latentae model that runs it (an adapter per family): the
-# commands see only latentae models (family kl / vq / dc / tiny), never diffusers classes.
+# commands see only latentae models (family kl / vq / dc / tiny / rae), never diffusers classes.
 DIFFUSERS_ADAPTERS = {
     "AutoencoderKL": _from_kl("AutoencoderKL"),
     "AutoencoderKLFlux2": _from_kl("AutoencoderKLFlux2"),

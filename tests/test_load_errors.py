@@ -65,11 +65,11 @@ def test_pickled_checkpoint_is_refused_with_advice(tmp_path):
 
 
 def test_unsupported_diffusers_autoencoder_is_named_with_what_is_supported(tmp_path):
-    (tmp_path / "config.json").write_text('{"_class_name": "AutoencoderKLWan", "z_dim": 16}')  # a video VAE
+    (tmp_path / "config.json").write_text('{"_class_name": "AutoencoderKLMochi", "latent_channels": 12}')  # a video VAE
     with pytest.raises(ModelFormatError) as err:
         latentae.load(tmp_path)
     message = str(err.value)
-    assert "holds a diffusers AutoencoderKLWan, an autoencoder latentae does not support" in message
+    assert "holds a diffusers AutoencoderKLMochi, an autoencoder latentae does not support" in message
     assert "not an autoencoder" not in message
     assert all(name in message for name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderDC", "AutoencoderTiny",
                                             "VQModel", "KLAutoencoder", "VQTokenizer", ".ckpt"))

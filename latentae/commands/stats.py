@@ -17,9 +17,11 @@ mean 0, std 1) and every other key is left as it is:
   sd    scaling_factor                  (StableDiffusionPipeline, DiTPipeline, ...: z * scaling_factor)
   sd3   scaling_factor + shift_factor   (SD3 / FLUX pipelines: (z - shift_factor) * scaling_factor)
   sdxl  latents_mean + latents_std, scaling_factor 1   (SDXL-family pipelines; 4 latent channels only)
+  wan   latents_mean + latents_std, any channels   (Wan / Qwen-Image pipelines; those models' default)
   flux2 bn running mean / var of the 2x2-patchified latents, in the weights (Flux2Pipeline; FLUX.2 models' default)
 
-A tiny autoencoder's latents already are its teacher's normalized ones: --write refuses it.
+A tiny autoencoder's latents already are its teacher's normalized ones, and an RAE normalizes its own with buffers
+in its weights: --write refuses both.
 
   latentae stats --model out/export --data kodak/ --write
 """
@@ -43,7 +45,7 @@ def add_arguments(p):
     p.add_argument("--write", action="store_true", help="write the constants into the model's config.json (flux2: "
                    "into the bn running statistics in its weights file)")
     p.add_argument("--convention", choices=CONVENTIONS, default=None, help="which constants --write stores "
-                   "(default: flux2 for FLUX.2 models, else sd)")
+                   "(default: the model's pipeline's: flux2 for FLUX.2, wan for Wan / Qwen-Image, else sd)")
 
 
 def run(args):
@@ -52,7 +54,7 @@ def run(args):
     from latentae.errors import LatentaeError
     from latentae.latents.options import DEFAULT_PRECISION
     from latentae.latents.runtime import default_device
-    from latentae.latents.stats import (latent_stats, latent_stats_of_images, pipeline_latents,
+    from latentae.latents.stats import (default_convention, latent_stats, latent_stats_of_images, pipeline_latents,
                                         refuse_normalized_latents, stats_patch, write_normalization)
     from latentae.loading import load
 
@@ -65,7 +67,7 @@ def run(args):
         raise LatentaeError(f"latent statistics apply to continuous latents; {args.model} is a "
                             f"{type(model).__name__} (token ids need no normalization)")
     patch = stats_patch(model)
-    convention = args.convention or ("flux2" if patch else "sd")
+    convention = args.convention or default_convention(model)
     if (convention == "flux2") != bool(patch):
         raise LatentaeError(f"--convention {convention} does not fit {args.model}: flux2 is the convention of "
                             "FLUX.2 models (latent_norm: flux2), and theirs only")

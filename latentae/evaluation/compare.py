@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from latentae.evaluation.evaluator import EvalResult
-from latentae.evaluation.report import _fmt, _jsonable
+from latentae.evaluation.report import _fmt, _jsonable, save_png
 
 TIMING_REPEATS = 3  # timed runs after one warm-up; the median is reported
 COLUMNS = ("psnr", "ssim", "lpips", "rfid")
@@ -88,7 +88,7 @@ def comparison_markdown(rows: list[dict[str, Any]], setup: dict[str, Any]) -> st
 def write_comparison(results: dict[str, EvalResult], speeds: dict[str, dict], output: Path,
                      setup: dict[str, Any]) -> dict[str, Path]:
     """compare.json, compare.md and grid.png in `output` (each model's own report goes to output/NAME)."""
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import make_grid
 
     output.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(results, speeds)
@@ -100,5 +100,5 @@ def write_comparison(results: dict[str, EvalResult], speeds: dict[str, dict], ou
         n = min(len(e["input"]) for e in examples)
         grid = torch.cat([examples[0]["input"][:n], *(e["reconstruction"][:n] for e in examples)]).float() / 255
         written["grid"] = output / "grid.png"
-        save_image(make_grid(grid, nrow=n, padding=2, pad_value=1.0), written["grid"])
+        save_png(make_grid(grid, nrow=n, padding=2, pad_value=1.0), written["grid"])
     return written

@@ -8,7 +8,7 @@ DEFAULT_PRECISION = "auto"
 DEFAULT_BATCH_SIZE = 4
 STORE_CHOICES = ("both", "mean", "sample")  # what a KL sample holds; see format.py
 STORAGE_DTYPES = ("float32", "float16")  # stored latent precision (token ids are always int32)
-CONVENTIONS = ("sd", "sd3", "sdxl", "flux2")  # normalization constants `stats --write` stores; see stats.py
+CONVENTIONS = ("sd", "sd3", "sdxl", "wan", "flux2")  # normalization constants `stats --write` stores; see stats.py
 NATIVE = "native"  # --resolution native: each image at its own size, cropped to a multiple of the model's downsampling
 
 

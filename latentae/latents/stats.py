@@ -11,6 +11,8 @@ Conventions (how diffusers pipelines undo the normalization, see `write_normaliz
   sd3   scaling_factor = 1 / std, shift_factor = mean    z_model = (z - shift) * scaling_factor (SD3, FLUX)
   sdxl  latents_mean / latents_std per channel, scaling_factor 1
                                                          z_model = (z - mean_c) / std_c (SDXL-family pipelines)
+  wan   latents_mean / latents_std per channel, any number of channels, no scaling_factor where the class has none
+                                                         z_model = (z - mean_c) / std_c (Wan, Qwen-Image pipelines)
   flux2 per-channel mean / variance of the 2x2-patchified latents, into AutoencoderKLFlux2's bn running statistics
                                                          z_model = (patchify(z) - mean_c) / sqrt(var_c + eps)
 std is the centered standard deviation over all latent values (all channels and positions).
@@ -63,6 +65,8 @@ class LatentStats:
             return {**rec, "latents_mean": None, "latents_std": None}
         if convention == "sdxl":
             return {**rec, "scaling_factor": 1.0, "shift_factor": None}
+        if convention == "wan":  # a class without scaling_factor drops it; one with it gets 1 (see _unused)
+            return {**rec, "scaling_factor": None, "shift_factor": None}
         raise LatentaeError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
 
     def table(self, why: str = "") -> str:
@@ -135,19 +139,25 @@ def pipeline_latents(model) -> tuple[str, str]:
     """Which latents the model's pipeline normalizes, "sample" or "mean" (`of`'s default), and why."""
     if not hasattr(model, "posterior"):
         return "mean", "a deterministic latent is its own sample"
+    if hasattr(model, "pipeline_latents"):  # a wrapped pipeline VAE says which its pipelines encode
+        return model.pipeline_latents
     if stats_patch(model):
         return "mean", "Flux2Pipeline and FLUX.2's own code normalize posterior means"
     return "sample", "LDM and diffusers' SD-family training scripts encode posterior samples"
 
 
 def refuse_normalized_latents(cls, where) -> None:
-    """Latents that already are a diffusion model's (a tiny autoencoder's: its teacher's normalized latents) get
-    no constants: pipelines apply the config's on top, so measured ones would normalize them twice."""
+    """Latents that already are a diffusion model's (a tiny autoencoder's: its teacher's normalized latents; RAE's:
+    normalized by its own buffers) get no constants; `cls.normalized_by` says why."""
     if getattr(cls, "latents_normalized", False):
         name = getattr(cls, "diffusers_class", cls).__name__
-        raise LatentaeError(f"{where}: an {name}'s latents are already normalized (its teacher's), and "
-                            "pipelines still apply its config's scaling_factor / shift_factor: writing measured "
-                            "ones would normalize them twice; nothing written (measure without --write)")
+        raise LatentaeError(f"{where}: an {name}'s latents are already normalized: {cls.normalized_by}; nothing "
+                            "written (measure without --write)")
+
+
+def default_convention(model) -> str:
+    """The normalization the model's pipeline applies: `stats --write`'s default --convention."""
+    return "flux2" if stats_patch(model) else getattr(model, "convention", "sd")
 
 
 def stats_patch(model) -> tuple[int, int] | None:
@@ -272,15 +282,17 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
     weights file. Returns the values written."""
     import diffusers
 
+    from latentae.loading import DIFFUSERS_ADAPTERS
     from latentae.loading import model_dir as resolve_model_dir
+    from latentae.models import WRAPPED_CLASSES
     from latentae.models.config import init_keys  # a pipeline directory -> its vae/
-    from latentae.models.wrapped import WRAPPED_CLASSES
 
     path = resolve_model_dir(Path(model_dir)) / "config.json"
     config = json.loads(path.read_text())
     name = config.get("_class_name")
     refuse_normalized_latents(WRAPPED_CLASSES.get(name), path.parent)
-    expected = ("AutoencoderKLFlux2",) if convention == "flux2" else ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny")
+    expected = ("AutoencoderKLFlux2",) if convention == "flux2" else \
+        tuple(n for n in DIFFUSERS_ADAPTERS if n not in ("AutoencoderKLFlux2", "VQModel"))  # keys checked below
     if name not in expected:
         other = " (its pipeline normalizes with the bn statistics: use --convention flux2)" \
             if name == "AutoencoderKLFlux2" else ""
@@ -303,7 +315,7 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
     missing = [k for k, v in values.items() if k not in takes and v is not None]
     if missing:
         raise LatentaeError(f"{name} has no {', '.join(missing)}: the {convention} convention does not apply to it "
-                            f"(use sd)")
+                            f"(without --convention, stats writes its pipeline's)")
     values = {k: _unused(k, config.get(k)) if v is None else v for k, v in values.items() if k in takes}
     config.update(values)
     tmp = path.with_name(path.name + ".tmp")
@@ -314,8 +326,8 @@ def write_normalization(model_dir: str | Path, stats: LatentStats, convention: s
 
 def _unused(key: str, current):
     """A key the convention does not use: null (diffusers' "absent"), but never over numbers (pipelines that add
-    shift_factor fail on null): there the value that changes nothing, shift / mean 0, std 1."""
-    fill = 1.0 if key == "latents_std" else 0.0
+    shift_factor fail on null): there the value that changes nothing, shift / mean 0, std / scale 1."""
+    fill = 1.0 if key in ("latents_std", "scaling_factor") else 0.0
     if isinstance(current, (int, float)):
         return fill
     return [fill] * len(current) if isinstance(current, list) else None

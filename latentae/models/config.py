@@ -10,15 +10,21 @@ from latentae.config import ConfigError
 _KL_ONLY = {"use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None, "latent_norm": None}
 _VQ_ONLY = {"vq_embed_dim": None, "quantizer": {}}
 # family -> the class it builds from model.diffusers (diffusers' own, or latentae's TAESDAutoencoder)
-WRAPPED_FAMILIES = {"dc": "AutoencoderDC", "tiny": "AutoencoderTiny", "taesd": "TAESDAutoencoder"}
-DETERMINISTIC = tuple(WRAPPED_FAMILIES)  # no posterior, no codebook: the latent is the encoder's output
+WRAPPED_FAMILIES = {"dc": "AutoencoderDC", "tiny": "AutoencoderTiny", "taesd": "TAESDAutoencoder",
+                    "rae": "AutoencoderRAE", "qwenimage": "AutoencoderKLQwenImage", "wan": "AutoencoderKLWan",
+                    "hunyuanimage": "AutoencoderKLHunyuanImage"}
+# no posterior, no codebook: the latent is the encoder's output (the last three above have a Gaussian posterior:
+# their models' family is kl, which the loss and the evaluator key on)
+DETERMINISTIC = ("dc", "tiny", "taesd", "rae")
 
 
 @dataclass
 class ModelConfig:
-    family: Literal["kl", "vq", "dc", "tiny", "taesd"] = "kl"  # kl: Gaussian posterior (SD VAE, FLUX.2); vq:
-    # quantized tokenizer; dc: DC-AE (diffusers AutoencoderDC); tiny: TAESD-style AutoencoderTiny; taesd: the TAESD
-    # family in its authors' layout (TAEF2's pool branch, TAESANA's f32); the last three deterministic
+    family: Literal["kl", "vq", "dc", "tiny", "taesd", "rae", "qwenimage", "wan", "hunyuanimage"] = "kl"  # kl:
+    # Gaussian posterior (SD VAE, FLUX.2); vq: quantized tokenizer; dc: DC-AE (diffusers AutoencoderDC); tiny:
+    # TAESD-style AutoencoderTiny; taesd: the TAESD family in its authors' layout (TAEF2's pool branch, TAESANA's
+    # f32); rae: AutoencoderRAE; these four deterministic. qwenimage / wan / hunyuanimage: AutoencoderKLQwenImage /
+    # AutoencoderKLWan / AutoencoderKLHunyuanImage, Gaussian posteriors (latentae/models/image_vaes.py)
     in_channels: int = 3
     out_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])  # one per level; f = 2^(n-1)
@@ -36,8 +42,8 @@ class ModelConfig:
     # statistics (`latentae stats --write` fills them); exports to AutoencoderKLFlux2
     vq_embed_dim: int | None = None  # vq only: channels entering the quantizer (default latent_channels)
     quantizer: dict = field(default_factory=dict)  # vq only: {kind: vq|simvq|ibq|bsq|fsq|lfq|gumbel|residual|vqvae2, **its options}
-    diffusers: dict = field(default_factory=dict)  # dc / tiny / taesd only: the keyword arguments of AutoencoderDC /
-    # AutoencoderTiny / TAESDAutoencoder (their config.json keys), passed through; every other key is for kl / vq
+    diffusers: dict = field(default_factory=dict)  # the WRAPPED_FAMILIES only: the keyword arguments of their class
+    # (AutoencoderDC, AutoencoderTiny, ...: their config.json keys), passed through; every other key is for kl / vq
 
     def __post_init__(self):
         if self.family in WRAPPED_FAMILIES:
@@ -62,7 +68,7 @@ class ModelConfig:
             self.quantizer = check_quantizer_spec(self.quantizer, where="model.quantizer")
 
     def _check_wrapped(self) -> None:
-        """dc / tiny / taesd read model.diffusers only: another key set away from its default is named, and so is a
+        """The wrapped families read model.diffusers only: another key set away from its default is named, and so is a
         diffusers key the class does not take."""
         import dataclasses
 
@@ -101,7 +107,7 @@ def init_keys(cls: type) -> list[str]:
 
 
 def wrapped_init_keys(family: str) -> list[str]:
-    """The keyword arguments of the class a dc / tiny / taesd model builds."""
+    """The keyword arguments of the class a wrapped family's model builds."""
     import diffusers
 
     from latentae.models import taesd
@@ -113,12 +119,16 @@ def config_of(model) -> ModelConfig:
     """The ModelConfig describing an existing model (e.g. one opened with latentae.load for fine-tuning)."""
     import dataclasses
 
-    if model.family in WRAPPED_FAMILIES:  # the keys its class takes (AutoencoderTiny's config.json carries one
-        # more, block_out_channels, that its own from_pretrained ignores)
-        return ModelConfig(family=model.family, diffusers={k: v for k, v in model.config.items()
-                                                           if k in wrapped_init_keys(model.family)})
+    from latentae.models import MODEL_CLASSES
+
+    # the config family of its class (a Qwen-Image model's family is kl, its config family qwenimage)
+    family = next(name for name, cls in MODEL_CLASSES.items() if type(model) is cls)
+    if family in WRAPPED_FAMILIES:  # the keys its class takes (AutoencoderTiny's config.json carries one more,
+        # block_out_channels, that its own from_pretrained ignores)
+        return ModelConfig(family=family, diffusers={k: v for k, v in model.config.items()
+                                                     if k in wrapped_init_keys(family)})
     names = {f.name for f in dataclasses.fields(ModelConfig)} - {"family", "diffusers"}
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if k in names}
     if model.family == "vq":
         values["quantizer"] = dict(values.get("quantizer") or {"kind": "vq"})
-    return ModelConfig(family=model.family, **values)
+    return ModelConfig(family=family, **values)

@@ -2,9 +2,15 @@
 latents, read off the model's config, one function pair for every family:
 
   flux2 (latent_norm: flux2)   2x2 patchify, then (z - bn.running_mean) / sqrt(bn.running_var + eps)  (FLUX.2)
-  latents_mean / latents_std   (z - mean) * scaling_factor / std, per channel                        (SDXL-style)
+  latents_mean / latents_std   (z - mean) * scaling_factor / std, per channel                        (SDXL-style;
+                               Qwen-Image and Wan have no scaling_factor: (z - mean) * (1 / std), as
+                               QwenImagePipeline / WanPipeline compute it)
   otherwise                    (z - shift_factor) * scaling_factor                                   (SD, SD3, FLUX.1,
-                                                                                                     DC-AE, TAESD)
+                                                                                                     DC-AE, TAESD,
+                                                                                                     HunyuanImage)
+  normalizes_in_encode         none: its encode output already is the diffusion latent               (RAE: its own
+                                                                                                     latents_mean /
+                                                                                                     std buffers)
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ def _bn_statistics(model, z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _affine(model, z: Tensor) -> tuple[Tensor | float, Tensor | float]:
     """(offset, scale) with normalized = (z - offset) * scale, for the non-flux2 conventions."""
+    if getattr(model, "normalizes_in_encode", False):
+        return 0.0, 1.0
     cfg = model.config
     scale = cfg.get("scaling_factor") or 1.0
     if cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:

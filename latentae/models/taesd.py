@@ -96,6 +96,7 @@ class TAESDAutoencoder(ModelMixin, ConfigMixin):
     family = "taesd"
     distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
     latents_normalized = True  # already its teacher's diffusion latents: `stats --write` must not rescale them
+    normalized_by = "they are its teacher's: measured constants would normalize them twice"
 
     @register_to_config
     def __init__(self, latent_channels: int = 4, variant: str = "taesd", with_encoder: bool = True,

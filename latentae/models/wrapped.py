@@ -1,5 +1,6 @@
-"""Deterministic diffusers autoencoders (no posterior, no codebook) behind latentae's model interface:
-`AutoencoderDC` (DC-AE, deep compression f32 / f64, SANA's) and `AutoencoderTiny` (TAESD family).
+"""Diffusers autoencoders behind latentae's model interface: here the deterministic ones (no posterior, no codebook),
+`AutoencoderDC` (DC-AE, deep compression f32 / f64, SANA's) and `AutoencoderTiny` (TAESD family); the image VAEs of
+current pipelines build on the same base (latentae/models/image_vaes.py).
 
 The diffusers module itself is held as `vae`, untouched: its state dict is the exported one (under `vae.`), and
 `save_pretrained` writes the directory its pipelines load. latentae's interface on top: `encode(images)` ->
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderDC, AutoencoderTiny
+from diffusers.configuration_utils import FrozenDict
 from torch import Tensor, nn
 
 from latentae.models.deterministic import deterministic_forward
@@ -25,6 +27,7 @@ class WrappedAutoencoder(nn.Module):
     has_encoder = True
     # its latents already are a diffusion model's (normalized) ones, so they get no measured normalization constants
     latents_normalized = False
+    channels_key = "latent_channels"  # the config key holding the latent channels (Qwen-Image / Wan: z_dim)
 
     def __init__(self, vae: nn.Module | None = None, **config):
         super().__init__()
@@ -39,7 +42,11 @@ class WrappedAutoencoder(nn.Module):
 
     @property
     def config(self):
-        return self.vae.config
+        """The diffusers config; `latent_channels` also where the class names it otherwise (the commands read it)."""
+        config = self.vae.config
+        if "latent_channels" in config:
+            return config
+        return FrozenDict({**config, "latent_channels": config[self.channels_key]})
 
     @property
     def dtype(self) -> torch.dtype:
@@ -109,6 +116,8 @@ class TinyAutoencoder(WrappedAutoencoder):
     family = "tiny"
     diffusers_class = AutoencoderTiny
     latents_normalized = True  # its teacher's normalized latents; pipelines apply its config's 1.0 / 0.0 on top
+    normalized_by = ("they are its teacher's, and pipelines still apply its config's scaling_factor / shift_factor: "
+                     "measured ones would normalize them twice")
 
     @property
     def downsample_factor(self) -> int:  # every encoder block after the first downsamples by the scaling factor
@@ -120,5 +129,3 @@ class TinyAutoencoder(WrappedAutoencoder):
     def encoder_last_layer(self) -> nn.Parameter:
         return self.vae.encoder.layers[-1].weight
 
-
-WRAPPED_CLASSES = {cls.diffusers_class.__name__: cls for cls in (DCAutoencoder, TinyAutoencoder)}
