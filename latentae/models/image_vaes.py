@@ -24,7 +24,7 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
-from latentae.models.output import AutoencoderOutput
+from latentae.models.output import AutoencoderOutput, posterior_forward
 from latentae.models.posterior import GaussianPosterior
 from latentae.models.wrapped import WrappedAutoencoder
 
@@ -71,9 +71,7 @@ class PosteriorAutoencoder(WrappedAutoencoder):
 
     def forward(self, images: Tensor, sample_posterior: bool = True,
                 generator: torch.Generator | None = None) -> AutoencoderOutput:
-        posterior = self.posterior(images)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return AutoencoderOutput(reconstruction=self.decode(z), posterior=posterior, latent=z)
+        return posterior_forward(self, images, sample_posterior, generator)
 
     def last_layer(self) -> nn.Parameter:
         return self.vae.decoder.conv_out.weight

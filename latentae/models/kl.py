@@ -9,7 +9,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from latentae.models.blocks import StandardBlocks, make_decoder, make_encoder
-from latentae.models.output import AutoencoderOutput
+from latentae.models.output import AutoencoderOutput, posterior_forward
 from latentae.models.posterior import GaussianPosterior
 
 
@@ -80,9 +80,7 @@ class KLAutoencoder(StandardBlocks, ModelMixin, ConfigMixin):
 
     def forward(self, images: Tensor, sample_posterior: bool = True,
                 generator: torch.Generator | None = None) -> AutoencoderOutput:
-        posterior = self.posterior(images)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return AutoencoderOutput(reconstruction=self.decode(z), posterior=posterior, latent=z)
+        return posterior_forward(self, images, sample_posterior, generator)
 
     def last_layer(self) -> nn.Parameter:
         """The decoder's output weight: the adaptive GAN weight compares gradient norms here."""

@@ -17,3 +17,11 @@ class AutoencoderOutput:
     latent: Tensor | None = None  # what the decoder decoded (KL: the posterior sample; VQ: the quantized codes;
     # distillation: the teacher's latent)
     encoded: Tensor | None = None  # distillation only: the student encoder's latent, trained towards `latent`
+
+
+def posterior_forward(model, images: Tensor, sample_posterior: bool = True, generator=None) -> AutoencoderOutput:
+    """The training forward of a model with a Gaussian posterior: a sample (or the mode) of `model.posterior(images)`
+    decoded, with the posterior for the KL term."""
+    posterior = model.posterior(images)
+    z = posterior.sample(generator) if sample_posterior else posterior.mode()
+    return AutoencoderOutput(reconstruction=model.decode(z), posterior=posterior, latent=z)
