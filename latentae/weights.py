@@ -55,6 +55,15 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
                "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                "weights-inception-2015-12-05-6726825d.pth",
                "the Inception network of FID (evaluation only)"),
+    WeightFile("pt-inception", "pt_inception-2015-12-05-6726825d.pth",
+               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+               "pt_inception-2015-12-05-6726825d.pth",
+               "the Inception network of `latentae eval --fid-protocol pytorch-fid` (pytorch-fid's own file and "
+               "cache location; the other protocols run without it)"),
+    WeightFile("clean-inception", "inception-2015-12-05.pt",
+               "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+               "the TorchScript Inception of `latentae eval --fid-protocol clean-fid` (clean-fid keeps it in /tmp; "
+               "latentae looks here; the other protocols run without it)"),
 ]}
 
 
@@ -118,7 +127,7 @@ def _missing(w: WeightFile, directory: Path, reason: str) -> MissingWeightsError
 
 
 def resolve(
-    name: str,  # a REGISTRY key: vgg16, alexnet, lpips-vgg, lpips-alex, inception
+    name: str,  # a REGISTRY key: vgg16, alexnet, lpips-vgg, lpips-alex, inception, pt-inception, clean-inception
     local_path: str | Path | None = None,  # explicitly configured file; must exist when given
     *,
     directory: str | Path | None = None,  # where to look / download (default: torch hub checkpoints dir)
@@ -189,8 +198,8 @@ class HubModel:
 
 HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
     HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
-             "the VF alignment loss (set loss.vf.weight=0 to train without it) and the probe's FD-DINOv2 (reported "
-             "unavailable without it)", "loss.vf.model"),
+             "the VF alignment loss (set loss.vf.weight=0 to train without it) and FD-DINOv2 in `latentae eval` and "
+             "the probe (reported unavailable without it)", "loss.vf.model"),
 ]}
 
 

@@ -6,8 +6,9 @@ torchvision transforms, batches of 4 (--plain-batch-size) under `torch.no_grad()
 `vae.encode(x).latent_dist.mean` saved with np.save per image; (3) `latentae encode` (the CLI, in this process)
 with no speed option: its default precision (auto), batch size, memory format and workers; only --resolution
 (the same crop as the plain loop) and --store mean (the same content) are given (--ours adds options, to
-compare others). Both start from the same exported weights (an SD-like KL-f8 autoencoder, random init, seed 0)
-and read the same photos packed into shards (bsds500 from ../shared/data); both times include loading the
+compare others). Both start from the same exported weights (an SD-like KL-f8 autoencoder, random init, seed 0;
+or --model, a pretrained one: a model no diffusers class holds, such as TAEF2, is called directly in the plain
+loop, fp32) and read the same photos packed into shards (bsds500 from ../shared/data); both times include loading the
 model. Reported: the throughput ratio (target >= 1.3x), the FLOP rate latentae achieves (encoder FLOPs counted
 with torch.utils.flop_counter, 2 per multiply-add) against the measured matmul rate of the precision it ran in,
 and, when that is bf16, the relative error of its latent means against fp32 ones of the same inputs.
@@ -39,6 +40,8 @@ def add_arguments(p):
                    "latentae, plain, ... (a drifting machine load hits both alike); the best of each is reported "
                    "(default: 2)")
     p.add_argument("--keep", help="write the model, shards and outputs here and keep them (default: a temp dir)")
+    p.add_argument("--model", help="a pretrained model instead (any folder latentae.load opens, e.g. "
+                   "../shared/models/taef2); --block-out-channels and --layers-per-block then do not apply")
 
 
 def encoder_flops(vae, resolution: int) -> int:
@@ -62,40 +65,73 @@ def pack_shards(photos: list[Path], folder: Path, per_shard: int) -> str:
     return str(folder / f"photos-{{00000..{n - 1:05d}}}.tar")
 
 
+def plain_vae(model_dir: Path):
+    """diffusers' AutoencoderKL as a user loads it, fp32, on the device `latentae` commands use by default."""
+    from diffusers import AutoencoderKL
+
+    from latentae.latents.runtime import default_device
+
+    return AutoencoderKL.from_pretrained(model_dir).eval().to(default_device())
+
+
+def plain_batches(shards: str, resolution: int | None, batch_size: int, multiple: int = 8):
+    """(keys, images [B, 3, H, W] in [-1, 1]) as diffusers' example loop reads them: webdataset, torchvision
+    transforms, shorter side resized to `resolution` and center-cropped; None: the whole image center-cropped
+    to a multiple of `multiple`. Images of one size are batched together (each size its own bucket)."""
+    import torch
+    import webdataset as wds
+    from torchvision import transforms
+
+    to_unit = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    resize = transforms.Compose([transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
+                                 transforms.CenterCrop(resolution)]) if resolution else None
+
+    def crop(img):
+        w, h = img.size
+        return resize(img) if resize else transforms.functional.center_crop(img, [h - h % multiple, w - w % multiple])
+
+    def batch(items):
+        return [k for k, _ in items], torch.stack([x for _, x in items])
+
+    buckets: dict[tuple, list] = {}
+    for key, img in wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg;png"):
+        x = to_unit(crop(img.convert("RGB")))
+        bucket = buckets.setdefault(tuple(x.shape), [])
+        bucket.append((key, x))
+        if len(bucket) == batch_size:
+            yield batch(bucket)
+            bucket.clear()
+    yield from (batch(bucket) for bucket in buckets.values() if bucket)
+
+
+def plain_encoder(model_dir: Path):
+    """images -> latent means as a user computes them, fp32: diffusers' AutoencoderKL; a model no diffusers class
+    holds (TAEF2 in its authors' layout, no config.json) is called as its authors' module is, the same network
+    through latentae.load standing in for their code."""
+    if (Path(model_dir) / "config.json").is_file():
+        vae = plain_vae(model_dir)
+        return lambda images: vae.encode(images.to(vae.device)).latent_dist.mean
+    from latentae.latents.runtime import default_device
+    from latentae.loading import load
+
+    model = load(model_dir).eval().to(default_device())
+    return lambda images: model.encode(images.to(model.device))
+
+
 def plain_loop(model_dir: Path, shards: str, out: Path, resolution: int, batch_size: int) -> int:
     """What a user writes without latentae: diffusers' example loop, batched."""
     import numpy as np
     import torch
-    import webdataset as wds
-    from diffusers import AutoencoderKL
-    from torchvision import transforms
 
-    from latentae.latents.runtime import default_device
-
-    device = default_device()  # where `latentae encode` runs by default
-    vae = AutoencoderKL.from_pretrained(model_dir).eval().to(device)
-    tf = transforms.Compose([transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
-                             transforms.CenterCrop(resolution), transforms.ToTensor(),
-                             transforms.Normalize([0.5], [0.5])])
+    encode = plain_encoder(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n, keys, images = 0, [], []
-
-    def flush():
+    n = 0
+    for keys, images in plain_batches(shards, resolution, batch_size):
         with torch.no_grad():
-            means = vae.encode(torch.stack(images).to(device)).latent_dist.mean.cpu()
+            means = encode(images).cpu()
         for key, mean in zip(keys, means):
             np.save(out / f"{key}.npy", mean.numpy())
-        keys.clear()
-        images.clear()
-
-    for key, img in wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg"):
-        keys.append(key)
-        images.append(tf(img.convert("RGB")))
-        n += 1
-        if len(images) == batch_size:
-            flush()
-    if images:
-        flush()
+        n += len(keys)
     return n
 
 
@@ -117,16 +153,23 @@ def run(args):
         print(f"need {args.images} photos in {root / 'bsds500' / 'train'} (see shared/data/README.md)")
         return 1
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-encode-"))
-    channels = tuple(int(c) for c in args.block_out_channels.split(","))
-    torch.manual_seed(0)
-    model = KLAutoencoder(block_out_channels=channels, layers_per_block=args.layers_per_block,
-                          sample_size=args.resolution)
-    model_dir = export(model, work / "model")
+    if args.model:
+        from latentae.loading import load
+
+        model_dir, model = Path(args.model).resolve(), load(args.model).eval()
+        what = f"{args.model} ({model.family})"
+    else:
+        channels = tuple(int(c) for c in args.block_out_channels.split(","))
+        torch.manual_seed(0)
+        model = KLAutoencoder(block_out_channels=channels, layers_per_block=args.layers_per_block,
+                              sample_size=args.resolution)
+        model_dir = export(model, work / "model")
+        what = f"encoder {channels} x{args.layers_per_block}"
     shards = pack_shards(photos, work / "shards", args.per_shard)
     flops = encoder_flops(model, args.resolution)
     del model
     rates = describe()
-    print(f"encoder {channels} x{args.layers_per_block} at {args.resolution} px: {flops / 1e9:.1f} GFLOP per image; "
+    print(f"{what} at {args.resolution} px: {flops / 1e9:.1f} GFLOP per image; "
           f"{args.images} bsds500 photos in shards of {args.per_shard}", flush=True)
 
     ours_argv = ["encode", "--model", str(model_dir), "--data", shards, "--output", str(work / "latents"),
@@ -150,7 +193,8 @@ def run(args):
     precision = manifest["precision"]  # what auto (or --ours) resolved to
     plain_s, ours_s = min(seconds["plain"]), min(seconds["latentae"])
     rate = len(ours) * flops / ours_s
-    print(f"plain loop (diffusers, fp32, batch {args.plain_batch_size}): {n_plain} images in {plain_s:.1f} s = "
+    plain = "the model called directly" if args.model else "diffusers"
+    print(f"plain loop ({plain}, fp32, batch {args.plain_batch_size}): {n_plain} images in {plain_s:.1f} s = "
           f"{n_plain / plain_s:.3f} img/s, {n_plain * flops / plain_s / 1e9:.0f} GFLOP/s")
     print(f"latentae encode (defaults{' + ' + args.ours if args.ours else ''}: ran in {precision}): {len(ours)} "
           f"images in {ours_s:.1f} s = {len(ours) / ours_s:.3f} img/s, {rate / 1e9:.0f} GFLOP/s")

@@ -56,7 +56,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch):
-    """An empty torch hub cache ($TORCH_HOME) and a network that always fails: the offline cluster node."""
+    """An empty torch hub cache ($TORCH_HOME) and Hugging Face cache, and a network that always fails: the offline
+    cluster node."""
     import urllib.error
 
     from latentae import weights
@@ -67,6 +68,9 @@ def offline_cache(tmp_path, monkeypatch):
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(weights, "_download", no_network)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # no DINOv2 either
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 

@@ -204,7 +204,7 @@ def test_missing_weights_make_metrics_unavailable_and_the_rest_still_run(offline
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     result = evaluate(fake_reconstruction_model(), [{"image": images, "key": list("abcd")}])
     assert set(result.metrics) >= {"psnr", "ssim", "kl", "active_channels"}
-    assert set(result.unavailable) == {"lpips", "rfid"}
+    assert set(result.unavailable) == {"lpips", "rfid"}  # fd_dinov2 (a ViT-L per image) only on request
     assert "alexnet-owt-7be5be79.pth" in result.unavailable["lpips"]
     assert "weights-inception-2015-12-05-6726825d.pth" in result.unavailable["rfid"]
     assert "latentae fetch-weights" in result.unavailable["rfid"]

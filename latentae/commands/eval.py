@@ -33,7 +33,8 @@ import math
 from pathlib import Path
 
 from latentae.cli import positive_int, non_negative_int
-from latentae.latents.options import NATIVE, resolution_or_native
+from latentae.latents.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, FID_PROTOCOLS, IMAGE_METRICS, NATIVE,
+                                      TILE_ABOVE_PIXELS, TILING, resolution_or_native)
 
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
 
@@ -54,14 +55,28 @@ def add_arguments(p):
                    f"process (default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the data's order, "
                    "whatever the number of processes (default: all)")
-    p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
-                   help="comma-separated subset of psnr,ssim,lpips,rfid (default: all)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated subset of {','.join(IMAGE_METRICS)} (default: {','.join(DEFAULT_METRICS)}; "
+                        "fd_dinov2 runs a ViT-L on every image, real and reconstructed: ask for it)")
+    p.add_argument("--fid-protocol", choices=FID_PROTOCOLS, default=DEFAULT_FID_PROTOCOL, help="whose rFID: "
+                   "torchmetrics (its default resize), torch-fidelity (RAE, 1d-tokenizer), pytorch-fid (LightningDiT, "
+                   "FlowMo) or clean-fid, each equal to that library's FID with the same weight file; ADM's "
+                   f"TensorFlow evaluator is not offered (latentae/evaluation/fid_protocols.py) (default: "
+                   f"{DEFAULT_FID_PROTOCOL})")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
     p.add_argument("--output", help="folder for the report files (default: eval-<model name>, or eval-compare for "
                    "several models)")
     p.add_argument("--grids", type=non_negative_int, default=8, help="images in grid.png (0: no grid; default: 8)")
     p.add_argument("--num-workers", type=non_negative_int, default=4,
                    help="image decoding processes per process (default: 4)")
+    p.add_argument("--reference-stats", metavar="PATH", help="npz of the real images' rFID features (mean, "
+                   "covariance, count, fingerprint of the extractor, crop and image keys): read when it exists (refused "
+                   "if computed from other images or features), else written there (default: written to "
+                   "OUTPUT/fid-reference.npz, never read)")
+    p.add_argument("--tiling", choices=TILING, default="off", help="encode / decode in overlapping tiles, blended "
+                   f"linearly: auto tiles images above {TILE_ABOVE_PIXELS // 2**20} Mpx ({TILE_ABOVE_PIXELS} pixels, "
+                   "e.g. 2048 x 2048; Kodak's 768 x 512 stays whole) to bound the model's memory; on; off (default: "
+                   "off: tiles move the numbers, see BENCHMARKS.md)")
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="the model's precision "
                    "(metrics stay fp32): bf16 autocast, fp32, or auto: bf16 where it is faster on this machine / "
                    f"GPU, else fp32 (default: {DEFAULT_PRECISION})")
@@ -96,6 +111,7 @@ def run(args):
     from latentae.data.transforms import crop_description
     from latentae.evaluation import evaluate_many, markdown, write_report
     from latentae.evaluation.evaluator import check_metrics
+    from latentae.evaluation.reference import load_reference, save_reference
     from latentae.loading import load
     from latentae.precision import resolve_precision
 
@@ -115,12 +131,17 @@ def run(args):
                            native_multiple=factor if native else None)
 
     bf16 = resolve_precision(args.precision, device=accelerator.device) == "bf16"
+    crop = crop_description(args.resolution, factor)
+    stats = Path(args.reference_stats) if args.reference_stats else None
+    reference = load_reference(stats) if stats is not None and stats.exists() else None
     results = evaluate_many(models, loader(), metrics=metrics, lpips_net=args.lpips_net, bf16=bf16,
-                            max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data)
+                            max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data,
+                            data_protocol=crop, fid_reference=reference, tiling=args.tiling,
+                            fid_feature=args.fid_protocol)
     if accelerator.is_main_process:
         output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if len(paths) == 1 else "eval-compare"))
         base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,
-                "crop": f"{crop_description(args.resolution, factor)}; {COMPARED}", "max_images": args.max_images}
+                "crop": f"{crop}; {COMPARED}", "max_images": args.max_images}
         if "lpips" in metrics:
             base["lpips_net"] = args.lpips_net
         written = []
@@ -132,6 +153,9 @@ def run(args):
                 print(markdown(result, setup))
         if len(paths) > 1:
             written += _compare(models, results, loader, bf16, output, base, paths)
+        computed = next(iter(results.values())).fid_reference
+        if computed is not None and reference is None:  # the same for every model: the real side ran once
+            written.append(save_reference(computed, stats or output / "fid-reference.npz"))
         print(f"wrote {', '.join(str(p) for p in written)}")
     accelerator.wait_for_everyone()
     return 0

@@ -7,7 +7,8 @@ Run it once on a machine with internet access (a login node) before training on 
   latentae fetch-weights --dir /shared/w  # stage elsewhere; then copy into $TORCH_HOME/hub/checkpoints
 
 Files: vgg16 and alexnet (torchvision ImageNet trunks of LPIPS), lpips-vgg and lpips-alex (LPIPS linear heads,
-shipped inside the lpips package: only checked), inception (torch-fidelity's FID network). Already cached files
+shipped inside the lpips package: only checked), inception (torch-fidelity's FID network), pt-inception and
+clean-inception (the Inception files of `latentae eval --fid-protocol pytorch-fid / clean-fid`). Already cached files
 are not downloaded again. Exit status 1 when any file is missing at the end.
 
 Only when named (1.2 GB, needed only with loss.vf.weight > 0): dinov2 (facebook/dinov2-large, the VF alignment

@@ -25,12 +25,16 @@ from torch import Tensor, nn
 from latentae.data.skips import REASONS
 from latentae.errors import LatentaeError, MissingWeightsError, ModelFormatError
 from latentae.evaluation import bottleneck as bottleneck_mod
+from latentae.evaluation.fd_dinov2 import DINOv2Features
 from latentae.evaluation.gather import all_reduce_sum, any_rank, gather_cat, gather_objects, world_size
 from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
                                          psnr_per_image, ssim_per_image, to_uint8)
+from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fingerprint, extractor_identity,
+                                           keys_fingerprint)
+from latentae.latents.options import DEFAULT_METRICS
 from latentae.models.config import DETERMINISTIC
+from latentae.models.tiling import TILE_ABOVE_PIXELS, describe_tiling, tiled_forward, use_tiling
 
-DEFAULT_METRICS = IMAGE_METRICS
 
 
 @dataclass
@@ -46,6 +50,7 @@ class EvalResult:
     protocol: dict[str, Any] = field(default_factory=dict)  # how each metric was computed, weight files used
     examples: dict[str, Tensor] = field(default_factory=dict)  # "input" / "reconstruction": uint8 [N, 3, H, W]
     # (the main process's first evaluated images of the first one's size)
+    fid_reference: FIDReference | None = None  # the real images' FID statistics (latentae.evaluation.reference)
 
     @property
     def per_image_psnr(self) -> list[float]:
@@ -57,7 +62,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: everything but the per-image values and the example images."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("image_keys", "per_image", "examples")}
+                if f.name not in ("image_keys", "per_image", "examples", "fid_reference")}
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:
@@ -74,13 +79,13 @@ def _build_meters(metrics: Sequence[str], *, lpips_net: str, lpips_trunk, fid_fe
     `unavailable` with the reason."""
     meters, unavailable = {}, {}
     builders = {"lpips": lambda: LPIPSMetric(lpips_net, lpips_trunk),
-                "rfid": lambda: FIDMetric(fid_feature, fid_weights)}
+                "rfid": lambda: FIDMetric(fid_feature, fid_weights), "fd_dinov2": lambda: FIDMetric(DINOv2Features())}
     for name in (m for m in metrics if m in builders):
         try:
             meters[name] = builders[name]().to(device).eval()
         except (MissingWeightsError, ModelFormatError) as e:
             unavailable[name] = str(e)
-        except ImportError as e:  # torch-fidelity is what FID's Inception needs
+        except ImportError as e:  # torch-fidelity / pytorch-fid / clean-fid / transformers: the features' library
             unavailable[name] = f"{type(e).__name__}: {e}"
     names = [m for m in metrics if m in builders]
     missing_somewhere = any_rank([n in unavailable for n in names], device)
@@ -131,10 +136,12 @@ def _rank() -> int:
     return torch.distributed.get_rank() if world_size() > 1 else 0
 
 
-def _reconstruct(model: nn.Module, x: Tensor, bf16: bool):
+def _reconstruct(model: nn.Module, x: Tensor, bf16: bool, tiled: bool):
     """The model's AutoencoderOutput for fp32 images `x`; KL models decode the posterior mean."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         x = x.to(model.dtype)
+        if tiled:
+            return tiled_forward(model, x)
         return model(x, sample_posterior=False) if hasattr(model, "posterior") else model(x)
 
 
@@ -144,8 +151,10 @@ FAMILIES = ("kl", "vq", *DETERMINISTIC)
 class _ModelRun:
     """One model's meters, bottleneck statistics, per-image values and examples during an evaluation."""
 
-    def __init__(self, model, *, metrics, lpips_net, lpips_trunk, fid_feature, fid_weights, active_threshold, device):
+    def __init__(self, model, *, metrics, lpips_net, lpips_trunk, fid_feature, fid_weights, active_threshold, device,
+                 tiling):
         self.model = model
+        self.tiling, self.tiled = tiling, 0  # --tiling; images reconstructed in tiles
         self.meters, self.unavailable = _build_meters(metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk,
                                                       fid_feature=fid_feature, fid_weights=fid_weights, device=device)
         self.stats = bottleneck_mod.bottleneck_stats(model, device, active_threshold=active_threshold)
@@ -154,13 +163,17 @@ class _ModelRun:
         self.values: dict[str, list[Tensor]] = {k: [] for k in self.per_image_fns}
         self.kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
 
-    def add(self, x: Tensor, bf16: bool, examples: int) -> None:
-        out = _reconstruct(self.model, x, bf16)
-        real, fake = to_uint8(x), to_uint8(out.reconstruction)
+    def add(self, x: Tensor, real: Tensor, bf16: bool, examples: int) -> None:
+        tiled = use_tiling(self.model, x, self.tiling)
+        self.tiled += len(x) if tiled else 0
+        out = _reconstruct(self.model, x, bf16, tiled)
+        fake = to_uint8(out.reconstruction)
         for name, fn in self.per_image_fns.items():
             self.values[name].append(fn(real, fake).double())
-        if "rfid" in self.meters:
-            self.meters["rfid"].update(real, fake)
+        if "rfid" in self.meters:  # the real side once for all models (evaluate_many)
+            self.meters["rfid"].update_fake(fake)
+        if "fd_dinov2" in self.meters:
+            self.meters["fd_dinov2"].update(real, fake)
         self.stats.update(out, x)
         taken = sum(len(t) for t in self.kept["input"])
         if taken < examples and (not taken or real.shape[1:] == self.kept["input"][0].shape[1:]):
@@ -185,7 +198,8 @@ def evaluate_many(
     accelerator=None,  # accelerate.Accelerator that prepared the models (to unwrap them); collectives need no more
     lpips_net: str = "alex",  # LPIPS trunk: alex (the usual metric) or vgg
     lpips_trunk: str | Path | None = None,  # explicit trunk weight file (default: latentae.weights lookup)
-    fid_feature: int | nn.Module = 2048,  # Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
+    fid_feature: int | str | nn.Module = 2048,  # a FID protocol (latentae.evaluation.fid_protocols), the default
+    # protocol's Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
     fid_weights: str | Path | None = None,  # explicit Inception weight file (default: latentae.weights lookup)
     bf16: bool = False,  # run the models under bf16 autocast (metrics stay fp32 / fp64)
     max_images: int | None = None,  # the first N images of the data's order (any process count); None: all
@@ -193,10 +207,15 @@ def evaluate_many(
     active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
     progress: bool = False,  # progress bar with images/s on the main process (when stderr is a terminal)
     data_name: str = "the evaluation data",  # how error messages name the data
+    data_protocol: str = "",  # how the images were resized / cropped: part of the FID reference's fingerprint
+    fid_reference: FIDReference | None = None,  # the real side of rFID from an earlier run (refused when its
+    # fingerprint differs); None: computed here, once for all models (each result's fid_reference)
+    tiling: str = "off",  # tiled encode / decode (latentae.models.tiling): auto above TILE_ABOVE_PIXELS, on, off
 ) -> dict[str, EvalResult]:
     """Every model of `models` on the same images, read and decoded once: each batch goes through every model
-    before the next is read. One EvalResult per model, each equal to that model's own `evaluate`. The models
-    are left as they were (eval mode inside, train mode restored)."""
+    before the next is read, and the real images' FID features are computed once. One EvalResult per model, each
+    equal to that model's own `evaluate`. The models are left as they were (eval mode inside, train mode
+    restored)."""
     metrics = check_metrics(metrics)
     if accelerator is not None:
         models = {name: accelerator.unwrap_model(m) for name, m in models.items()}
@@ -208,8 +227,14 @@ def evaluate_many(
     rank, ranks = _rank(), world_size()
     main = rank == 0
     runs = {name: _ModelRun(m, metrics=metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk, fid_feature=fid_feature,
-                            fid_weights=fid_weights, active_threshold=active_threshold, device=device)
+                            fid_weights=fid_weights, active_threshold=active_threshold, device=device,
+                            tiling=tiling)
             for name, m in models.items()}
+    fid_meter = next((run.meters["rfid"] for run in runs.values() if "rfid" in run.meters), None)
+    fingerprint = {"extractor": extractor_identity(fid_meter), "protocol": data_protocol} if fid_meter else {}
+    if fid_meter is not None and fid_reference is not None:
+        check_fingerprint(fid_reference, fingerprint, fid_reference.source)  # the images are checked at the end
+    real_features = RealFeatures() if fid_meter is not None and fid_reference is None else None
     keys: list[str] = []
     positions: list[tuple] = []  # in the data's order; (rank, index) for batches without one: rank order
     skips_before = _skip_counts(batches)
@@ -229,8 +254,11 @@ def evaluate_many(
             if not len(images):
                 continue
             x = images.to(device, non_blocking=True)
+            real = to_uint8(x)
+            if real_features is not None:
+                real_features.update(fid_meter.features(real))
             for run in runs.values():
-                run.add(x, bf16, examples)
+                run.add(x, real, bf16, examples)
             placed = batch.get("position") or [(rank, len(keys) + i) for i in range(len(images))]
             positions.extend(tuple(p) for p in placed[: len(images)])
             keys.extend(batch["key"][: len(images)])
@@ -254,12 +282,21 @@ def evaluate_many(
             raise LatentaeError(f"every sample in {data_name} was skipped ({detail}): nothing to evaluate")
         raise LatentaeError(f"no images found in {data_name}")
     index = torch.tensor(order, dtype=torch.long, device=device)
-    return {name: _result(run, index, n_images, image_keys, skipped, metrics, bf16, ranks, main)
+    reference = None
+    if fid_meter is not None and n_images >= 2:
+        fingerprint.update(keys_fingerprint(image_keys))
+        if fid_reference is not None:
+            check_fingerprint(fid_reference, fingerprint, fid_reference.source)
+            reference = fid_reference
+        else:
+            dim = int(fid_meter.fid.real_features_sum.shape[0])
+            reference = real_features.reference(dim, device, fingerprint, f"computed from {data_name}")
+    return {name: _result(run, index, n_images, image_keys, skipped, metrics, bf16, ranks, main, reference)
             for name, run in runs.items()}
 
 
 def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str], skipped: dict, metrics, bf16: bool,
-            ranks: int, main: bool) -> EvalResult:
+            ranks: int, main: bool, reference: FIDReference | None) -> EvalResult:
     """One model's EvalResult from its gathered values (collectives: every rank calls it, models in one order)."""
     device = index.device
     per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
@@ -279,10 +316,20 @@ def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str],
         if n_images < 2:  # the same branch on every rank: n_images is global
             unavailable["rfid"] = f"FID needs at least 2 images, got {n_images}"
         else:
-            results["rfid"] = run.meters["rfid"].compute()
+            results["rfid"] = run.meters["rfid"].compute_against(reference)
+            protocol["fid_reference"] = f"real images' features: {reference.source} ({reference.count} images)"
             note = run.meters["rfid"].sample_note(n_images)
             if note:
                 protocol["notes"].append(note)
+    if "fd_dinov2" in run.meters:  # both sides per model: it has no cached reference
+        if n_images < 2:
+            unavailable["fd_dinov2"] = f"FD-DINOv2 needs at least 2 images, got {n_images}"
+        else:
+            results["fd_dinov2"] = run.meters["fd_dinov2"].compute()
+    tiled = int(all_reduce_sum(torch.tensor(run.tiled, device=device)))
+    if tiled:
+        protocol["tiling"] = (f"{tiled} of {n_images} images reconstructed in tiles (--tiling {run.tiling}; auto: "
+                              f"above {TILE_ABOVE_PIXELS} pixels): {describe_tiling(run.model)}")
     results.update(run.stats.compute())
     protocol["bottleneck"] = inspect.cleandoc(type(run.stats).__doc__)
     protocol["model_precision"] = "bf16 autocast" if bf16 else str(run.model.dtype).removeprefix("torch.")
@@ -290,5 +337,5 @@ def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str],
     return EvalResult(
         n_images=n_images, skipped=skipped, metrics=results, unavailable=unavailable, image_keys=image_keys,
         per_image={k: v.cpu().tolist() for k, v in per_image.items()}, protocol=protocol,
-        examples={k: torch.cat(v) for k, v in run.kept.items() if v} if main else {},
+        examples={k: torch.cat(v) for k, v in run.kept.items() if v} if main else {}, fid_reference=reference,
     )

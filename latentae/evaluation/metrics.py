@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from latentae.errors import LatentaeError, ModelFormatError
+from latentae.errors import LatentaeError
+from latentae.evaluation.fid_protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from latentae.evaluation.gather import all_reduce_sum
+from latentae.latents.options import IMAGE_METRICS  # noqa: F401  (re-exported by latentae.evaluation)
 from latentae.losses.perceptual import TRUNK_WEIGHTS, PerceptualLoss
 from latentae.weights import resolve
 
-IMAGE_METRICS = ("psnr", "ssim", "lpips", "rfid")
 PSNR_CAP_DB = 100.0  # PSNR of two identical 8-bit images (MSE 0): a finite cap keeps the mean finite
 SSIM_KERNEL, SSIM_SIGMA = 11, 1.5  # torchmetrics' (and Wang et al. 2004's) gaussian window
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -98,38 +99,41 @@ class LPIPSMetric(nn.Module):
                 f"{TRUNK_WEIGHTS[self.net]} trunk) on the 8-bit images mapped to [-1, 1]; mean over images")
 
 
-def _check_plain_state_dict(path: Path) -> None:
-    """torch-fidelity unpickles the Inception file with weights_only=False: only let it open a file that also
-    loads with weights_only=True (plain tensors), so a tampered file cannot run code."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any failure means "not a plain checkpoint"
-        raise ModelFormatError(f"{path} is not a plain Inception state dict (refusing to unpickle it): "
-                               f"{type(e).__name__}: {e}") from None
-
-
 class FIDMetric(nn.Module):
-    """rFID between inputs (real) and reconstructions (fake) with torchmetrics' FrechetInceptionDistance.
+    """A Fréchet distance between inputs (real) and reconstructions (fake) with torchmetrics'
+    FrechetInceptionDistance: rFID under a named protocol, or FD in any feature space.
 
     Images go in as uint8 (normalize=False): torchmetrics' normalize=True path converts floats with
-    `(x * 255).byte()`, which truncates instead of rounding. `feature` is an Inception layer size (64, 192,
-    768, 2048; weights via latentae.weights) or any module mapping uint8 [B, 3, H, W] to features [B, d].
+    `(x * 255).byte()`, which truncates instead of rounding. `feature` is a protocol name of
+    latentae.evaluation.fid_protocols.PROTOCOLS (its Inception file via latentae.weights, or `weights_path`), an
+    Inception layer size of the default protocol (64, 192, 768, 2048), or any module mapping uint8
+    [B, 3, H, W] to features [B, d] (its `describe()` and `weight_files`, when it has them, go into the report).
     States are summed over ranks in `compute` (not by torchmetrics' own sync), which every rank must call.
     """
 
-    def __init__(self, feature: int | nn.Module = 2048, weights_path: str | Path | None = None):
+    def __init__(self, feature: int | str | nn.Module = DEFAULT_PROTOCOL, weights_path: str | Path | None = None):
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.feature = feature
-        self.weight_files: list[str] = []
-        kwargs = {}
-        if isinstance(feature, int):
-            path = resolve("inception", weights_path)
-            _check_plain_state_dict(path)
-            kwargs["feature_extractor_weights_path"] = str(path)
+        self.protocol: str | None = None  # the FID protocol's name (None: a custom extractor)
+        self.weight_files: list[str] = list(getattr(feature, "weight_files", []))
+        if isinstance(feature, nn.Module):
+            kwargs = {"feature": feature}
+            self.card = feature.describe() if hasattr(feature, "describe") else \
+                f"torchmetrics FrechetInceptionDistance with the custom feature extractor {type(feature).__name__}"
+        else:
+            if feature not in PROTOCOLS and not isinstance(feature, int):
+                raise LatentaeError(f"unknown FID protocol '{feature}'; choose from {', '.join(PROTOCOLS)}")
+            protocol = PROTOCOLS[feature if isinstance(feature, str) else DEFAULT_PROTOCOL]
+            path = resolve(protocol.weights, weights_path)
+            kwargs = protocol.build(path)
+            if isinstance(feature, int):
+                kwargs["feature"] = feature
+            self.protocol = protocol.name
             self.weight_files.append(str(path))
-        self.fid = FrechetInceptionDistance(feature=feature, normalize=False, sync_on_compute=False, **kwargs)
+            self.card = protocol.card(path)
+        self.fid = FrechetInceptionDistance(normalize=False, sync_on_compute=False, **kwargs)
 
     def update(self, real: Tensor, fake: Tensor) -> None:
         self.fid.update(real, real=True)
@@ -147,6 +151,28 @@ class FIDMetric(nn.Module):
         self.fid.reset()
         return value
 
+    def features(self, images: Tensor) -> Tensor:
+        """The extractor's features of uint8 images [B, 3, H, W] (what `update` accumulates on either side)."""
+        return self.fid.inception(images)
+
+    def update_fake(self, fake: Tensor) -> None:
+        self.fid.update(fake, real=False)
+
+    def compute_against(self, reference) -> float:
+        """The FID of every rank's fake images against a FIDReference (latentae.evaluation.reference) of the real
+        ones, in torchmetrics' arithmetic (collective: every rank calls it)."""
+        from torchmetrics.image.fid import _compute_fid
+
+        from latentae.evaluation.reference import moments
+
+        total, cov_total, n = (all_reduce_sum(getattr(self.fid, f"fake_{state}"))
+                               for state in ("features_sum", "features_cov_sum", "features_num_samples"))
+        mean, cov = moments(total, cov_total, int(n))
+        real_mean, real_cov = (torch.from_numpy(a).to(mean.device) for a in (reference.mean, reference.cov))
+        value = _compute_fid(real_mean, real_cov, mean, cov).to(getattr(self.fid, "orig_dtype", torch.float32))
+        self.fid.reset()
+        return float(value)
+
     def sample_note(self, n_images: int) -> str | None:
         """A warning for the report when there are too few images for a stable FID."""
         dim = int(self.fid.real_features_sum.shape[0])
@@ -156,10 +182,4 @@ class FIDMetric(nn.Module):
                 "and the value depends strongly on the image count; compare only at equal counts")
 
     def describe(self) -> str:
-        if isinstance(self.feature, nn.Module):
-            return ("torchmetrics FrechetInceptionDistance with the custom feature extractor "
-                    f"{type(self.feature).__name__}")
-        return (f"torchmetrics FrechetInceptionDistance, Inception-v3 pool features ({self.feature}), torch-fidelity "
-                "weights; inputs vs reconstructions as uint8, resized to 299 x 299 bilinear with antialias "
-                "(torchmetrics' default: published FIDs from TF / clean-fid resize differently, so compare rFIDs "
-                "computed the same way, on the same images, at the same count)")
+        return self.card

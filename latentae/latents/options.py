@@ -9,6 +9,12 @@ DEFAULT_BATCH_SIZE = 4
 STORE_CHOICES = ("both", "mean", "sample")  # what a KL sample holds; see format.py
 STORAGE_DTYPES = ("float32", "float16")  # stored latent precision (token ids are always int32)
 CONVENTIONS = ("sd", "sd3", "sdxl", "wan", "flux2")  # normalization constants `stats --write` stores; see stats.py
+IMAGE_METRICS = ("psnr", "ssim", "lpips", "rfid", "fd_dinov2")  # what `latentae eval --metrics` takes
+DEFAULT_METRICS = ("psnr", "ssim", "lpips", "rfid")  # fd_dinov2 runs a ViT-L per image, real and reconstructed
+FID_PROTOCOLS = ("torchmetrics", "torch-fidelity", "pytorch-fid", "clean-fid")  # see evaluation/fid_protocols.py
+DEFAULT_FID_PROTOCOL = "torchmetrics"
+TILING = ("auto", "on", "off")  # tiled encode / decode in evaluation; see models/tiling.py
+TILE_ABOVE_PIXELS = 1024 * 1024  # --tiling auto: images of more pixels than this (per image) are tiled
 NATIVE = "native"  # --resolution native: each image at its own size, cropped to a multiple of the model's downsampling
 
 

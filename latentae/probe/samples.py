@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentae.errors import LatentaeError
+from latentae.evaluation.fd_dinov2 import DINOv2Features
 
 SAMPLE_METRICS = ("fid", "fd-dinov2", "fd-pixel")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PixelFeatures(nn.Module):
@@ -61,25 +60,6 @@ class PixelFeatures(nn.Module):
         return (self.raw(images) - self.mean) / self.std
 
 
-class DINOv2Features(nn.Module):
-    """edm2's FD-DINOv2 features of uint8 images (see the module docstring)."""
-
-    num_features = 1024
-
-    def __init__(self):
-        super().__init__()
-        from latentae.losses.alignment import load_dinov2
-        from latentae.weights import HUB_MODELS
-
-        self.model = load_dinov2(HUB_MODELS["dinov2"].repo_id).eval()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = F.interpolate(images.float() / 255, size=(224, 224), mode="bicubic", antialias=True)
-        return self.model(pixel_values=(x - self.mean) / self.std).pooler_output
-
-
 DESCRIPTIONS = {
     "fid": "FID: Inception-v3 pool features (2048-d, torch-fidelity weights), torchmetrics' 299 px bilinear resize",
     "fd-dinov2": "FD-DINOv2: DINOv2 ViT-L/14 CLS features, bicubic 224 px, ImageNet mean/std (NVlabs edm2)",
@@ -100,7 +80,7 @@ class SampleJudge:
         for name, feature in (("fid", lambda: 2048), ("fd-dinov2", DINOv2Features), ("fd-pixel", lambda: self.pixel)):
             try:
                 self.metrics[name] = FIDMetric(feature()).to(device)
-            except LatentaeError as e:  # weights missing (MissingWeightsError), transformers not installed
+            except (LatentaeError, ImportError) as e:  # weights missing (MissingWeightsError), transformers absent
                 self.unavailable[name] = str(e)
         self.rank_by = next(n for n in SAMPLE_METRICS if n in self.metrics)
 

@@ -10,7 +10,7 @@ EPILOG = """examples:
       output_dir=runs/kl data.train='/data/laion/{00000..09999}.tar' train.resume=auto
 The resolved config is saved as OUTPUT_DIR/config.yaml; checkpoints go to OUTPUT_DIR/checkpoints/step-N,
 TensorBoard logs to OUTPUT_DIR/logs, and the final model (EMA weights when train.ema_decay is set) to
-OUTPUT_DIR/export in the diffusers format."""
+OUTPUT_DIR/export in the diffusers format (latentae's own where no diffusers class holds the model)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,8 +37,15 @@ def run(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     run_ = Run(cfg)
     export_dir = run_.fit()
-    run_.accelerator.print(f"done: step {run_.state.step}; model exported to {export_dir} "
-                           f"(diffusers format); checkpoints in {run_.out / 'checkpoints'}")
+    import json
+
+    from latentae.exporting import SIDE_FILE
+
+    side = export_dir / SIDE_FILE
+    fmt = json.loads(side.read_text()).get("format", "?") if side.is_file() else "?"
+    where = "latentae's own format (latentae.load opens it)" if fmt == "latentae" else f"diffusers {fmt}"
+    run_.accelerator.print(f"done: step {run_.state.step}; model exported to {export_dir} ({where}); "
+                           f"checkpoints in {run_.out / 'checkpoints'}")
     return 0
 
 
