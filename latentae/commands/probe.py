@@ -25,17 +25,16 @@ HELP = ("diffusability probe: train the same small DiT on each model's latents a
 
 def add_arguments(p):
     from latentae.cli import non_negative_int, positive_int
-    from latentae.probe.latents import NORMALIZATIONS
-    from latentae.probe.model import BUDGETS
+    from latentae.latents.options import PROBE_BUDGETS, PROBE_NORMALIZATIONS
 
     p.add_argument("--model", action="append", required=True, help="export / diffusers directory or LDM "
                    "checkpoint; repeat to compare models")
     p.add_argument("--data", required=True, help="images: shards, tar, image folder or files (comma list)")
     p.add_argument("--output", required=True, help="folder for report.json, report.md and samples.png")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="training budget preset (default: cpu)")
+    p.add_argument("--budget", choices=PROBE_BUDGETS, default="cpu", help="training budget preset (default: cpu)")
     p.add_argument("--resolution", type=positive_int, help="image side in px (default: the budget's)")
-    p.add_argument("--normalize", choices=NORMALIZATIONS, default=NORMALIZATIONS[0], help="latent normalization "
-                   f"(default: {NORMALIZATIONS[0]})")
+    p.add_argument("--normalize", choices=PROBE_NORMALIZATIONS, default=PROBE_NORMALIZATIONS[0],
+                   help=f"latent normalization (default: {PROBE_NORMALIZATIONS[0]})")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the DiT, its batches and samples")
 
 

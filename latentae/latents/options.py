@@ -1,5 +1,5 @@
-"""Choices the `latentae encode / decode / stats` options offer: no heavy imports here, the CLI builds its parser
-from them on every call."""
+"""Choices the commands' options offer (encode, decode, stats, eval, probe): no heavy imports here, the CLI builds
+its parser from them on every call."""
 
 PRECISIONS = ("auto", "fp32", "bf16")  # see runtime.Runtime; auto: see latentae.precision
 DEFAULT_PRECISION = "auto"
@@ -15,6 +15,8 @@ FID_PROTOCOLS = ("torchmetrics", "torch-fidelity", "pytorch-fid", "clean-fid")  
 DEFAULT_FID_PROTOCOL = "torchmetrics"
 TILING = ("auto", "on", "off")  # tiled encode / decode in evaluation; see models/tiling.py
 TILE_ABOVE_PIXELS = 1024 * 1024  # --tiling auto: images of more pixels than this (per image) are tiled
+PROBE_BUDGETS = ("cpu", "gpu", "smoke")  # latentae probe --budget; each is a Budget in probe/model.py
+PROBE_NORMALIZATIONS = ("measured", "config")  # latentae probe --normalize, the first the default; see probe/latents.py
 NATIVE = "native"  # --resolution native: each image at its own size, cropped to a multiple of the model's downsampling
 
 

@@ -9,9 +9,10 @@ from torch import Tensor
 from latentae.data.config import DataConfig
 from latentae.data.reader import eval_loader
 from latentae.errors import LatentaeError
+from latentae.latents.options import PROBE_NORMALIZATIONS
 from latentae.models.latent_norm import _flux2, denormalize, normalize, patchify, unpatchify
 
-NORMALIZATIONS = ("measured", "config")  # the first is the default
+NORMALIZATIONS = PROBE_NORMALIZATIONS  # the first is the default
 # `config` is refused when the config's constants leave the training latents' std outside this range: they were
 # not measured on this model (an export's default scaling_factor is SD's 0.18215), and at t = 0.5 the flow loss
 # of latents of std s is ~4 s^2 / (1 + s^2), so an unmeasured factor ranks by latent scale.
