@@ -182,6 +182,8 @@ def test_commands_run_on_a_taesd_model(tmp_path, demo_images, capsys):
                      "--output", str(tmp_path / f"{tool[0]}.png")]) == 0
     capsys.readouterr()
     assert main(["stats", "--model", model, "--latents", str(tmp_path / "latents")]) == 0  # measuring is fine
+    out = capsys.readouterr().out
+    assert "no normalization constants to recommend: they are its teacher's" in out and "recommended:" not in out
     assert main(["stats", "--model", model, "--latents", str(tmp_path / "latents"), "--write"]) == 2
     assert "already normalized" in capsys.readouterr().err
 

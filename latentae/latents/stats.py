@@ -69,8 +69,9 @@ class LatentStats:
             return {**rec, "scaling_factor": None, "shift_factor": None}
         raise LatentaeError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
 
-    def table(self, why: str = "") -> str:
-        """`why`: why these latents (samples or means), said on a line of its own."""
+    def table(self, why: str = "", normalized_by: str | None = None) -> str:
+        """`why`: why these latents (samples or means), said on a line of its own. `normalized_by`: why the latents
+        need no constants (they are already a diffusion model's), said instead of recommending some."""
         what = "posterior samples" if self.of == "sample" else "posterior means"
         rows = [f"latent statistics of {what}: {self.images} images, {len(self.mean)} channels, "
                 f"{self.positions // max(self.images, 1)} positions per image",
@@ -78,6 +79,8 @@ class LatentStats:
                 f"{'channel':>8} {'mean':>10} {'std':>10}"]
         rows += [f"{c:>8} {m:>10.4f} {s:>10.4f}" for c, (m, s) in enumerate(zip(self.mean, self.std))]
         rows.append(f"{'all':>8} {self.global_mean:>10.4f} {self.global_std:>10.4f}")
+        if normalized_by:
+            return "\n".join([*rows, f"no normalization constants to recommend: {normalized_by}"])
         rec = self.recommended()
         rows.append(f"recommended: scaling_factor {rec['scaling_factor']:.5g} (1/std), shift_factor "
                     f"{rec['shift_factor']:.5g} (mean), latents_mean [{', '.join(f'{v:.4g}' for v in self.mean)}], "
