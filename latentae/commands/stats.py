@@ -89,8 +89,7 @@ def run(args):
     if len(stats.mean) != channels:
         raise LatentaeError(f"{args.latents} holds {len(stats.mean)}-channel latents; {args.model} has "
                             f"{channels} (normalized) latent channels")
-    print(stats.table(why, getattr(model, "normalized_by", None) if getattr(model, "latents_normalized", False)
-                      else None))
+    print(stats.table(why, getattr(model, "normalized_by", None)))
     if args.write:
         values = write_normalization(args.model, stats, convention)
         if convention == "flux2":

@@ -33,7 +33,8 @@ from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fin
                                            keys_fingerprint)
 from latentae.latents.options import DEFAULT_METRICS
 from latentae.models.config import DETERMINISTIC
-from latentae.models.tiling import TILE_ABOVE_PIXELS, describe_tiling, tiled_forward, use_tiling
+from latentae.models.tiling import (TILE_ABOVE_PIXELS, describe_tiling, evaluation_forward, tiled_forward,
+                                    use_tiling)
 
 
 
@@ -142,7 +143,7 @@ def _reconstruct(model: nn.Module, x: Tensor, bf16: bool, tiled: bool):
         x = x.to(model.dtype)
         if tiled:
             return tiled_forward(model, x)
-        return model(x, sample_posterior=False) if hasattr(model, "posterior") else model(x)
+        return evaluation_forward(model, x)
 
 
 FAMILIES = ("kl", "vq", *DETERMINISTIC)

@@ -60,6 +60,11 @@ def sha256_prefix(path: Path, digits: int = 12) -> str:
     return sha.hexdigest()[:digits]
 
 
+def _missing(package: str) -> ImportError:
+    """The error of a protocol whose library (the pip package of the protocol's name) is not installed."""
+    return ImportError(f"--fid-protocol {package} needs the {package} package: pip install {package}")
+
+
 class _Frozen(nn.Module):
     """A feature extractor always in eval mode: batch norms keep their statistics whatever `.train()` a parent
     calls (pytorch-fid's own code calls eval() before extracting)."""
@@ -78,8 +83,7 @@ class PytorchFIDFeatures(_Frozen):
         try:
             from pytorch_fid import inception
         except ImportError:
-            raise ImportError("--fid-protocol pytorch-fid needs the pytorch-fid package: pip install "
-                              "pytorch-fid") from None
+            raise _missing("pytorch-fid") from None
         state = plain_state_dict(path)
         # pytorch-fid only loads its URL's cached copy (unpickled in full): hand it the resolved file's tensors
         with mock.patch.object(inception, "load_state_dict_from_url", lambda *args, **kwargs: state):
@@ -101,7 +105,7 @@ class CleanFIDFeatures(_Frozen):
             from cleanfid.inception_torchscript import InceptionV3W
             from cleanfid.resize import build_resizer
         except ImportError:
-            raise ImportError("--fid-protocol clean-fid needs the clean-fid package: pip install clean-fid") from None
+            raise _missing("clean-fid") from None
         expected = "inception-2015-12-05.pt"
         if path.name != expected:  # InceptionV3W opens DIRECTORY/inception-2015-12-05.pt
             raise ModelFormatError(f"clean-fid's Inception must be a file named {expected}, got {path}")

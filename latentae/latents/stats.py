@@ -152,7 +152,7 @@ def pipeline_latents(model) -> tuple[str, str]:
 def refuse_normalized_latents(cls, where) -> None:
     """Latents that already are a diffusion model's (a tiny autoencoder's: its teacher's normalized latents; RAE's:
     normalized by its own buffers) get no constants; `cls.normalized_by` says why."""
-    if getattr(cls, "latents_normalized", False):
+    if getattr(cls, "normalized_by", None):
         name = getattr(cls, "diffusers_class", cls).__name__
         raise LatentaeError(f"{where}: an {name}'s latents are already normalized: {cls.normalized_by}; nothing "
                             "written (measure without --write)")

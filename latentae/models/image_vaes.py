@@ -134,7 +134,6 @@ class RAEAutoencoder(WrappedAutoencoder):
     channels_key = "encoder_hidden_size"
     # its encode applies latents_mean / latents_std / scaling_factor itself (buffers in its weights, which override
     # config.json): the latents already are the diffusion model's, and a config write would change nothing
-    latents_normalized = True
     normalizes_in_encode = True  # latent_norm: its pipeline-side normalization is the identity
     normalized_by = ("its encode applies the latents_mean / latents_std buffers in its weights, which override "
                      "config.json")

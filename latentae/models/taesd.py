@@ -95,7 +95,7 @@ class TAESDAutoencoder(ModelMixin, ConfigMixin):
 
     family = "taesd"
     distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
-    latents_normalized = True  # already its teacher's diffusion latents: `stats --write` must not rescale them
+    # already its teacher's diffusion latents: `stats --write` must not rescale them
     normalized_by = "they are its teacher's: measured constants would normalize them twice"
 
     @register_to_config

@@ -26,6 +26,11 @@ from latentae.models.posterior import GaussianPosterior
 TILE_PX, OVERLAP_PX = 512, 128  # latentae's own tiling, in pixels (diffusers' AutoencoderKL defaults for SD)
 
 
+def evaluation_forward(model, images: Tensor) -> AutoencoderOutput:
+    """The model's AutoencoderOutput as evaluation reconstructs: KL posteriors decode their mean."""
+    return model(images, sample_posterior=False) if hasattr(model, "posterior") else model(images)
+
+
 def tiling_kind(model) -> str | None:
     """"diffusers", "own", or None where the model cannot be tiled."""
     if hasattr(getattr(model, "vae", None), "use_tiling"):
@@ -115,7 +120,7 @@ def tiled_forward(model, images: Tensor) -> AutoencoderOutput:
     """The evaluation forward (KL models: the posterior mean) of `model` on `images`, in tiles."""
     if tiling_kind(model) == "diffusers":
         with _diffusers_tiling(model.vae):
-            return model(images, sample_posterior=False) if hasattr(model, "posterior") else model(images)
+            return evaluation_forward(model, images)
     f = model.downsample_factor
 
     def encode(fn):

@@ -25,8 +25,8 @@ class WrappedAutoencoder(nn.Module):
     diffusers_class: type
     distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
     has_encoder = True
-    # its latents already are a diffusion model's (normalized) ones, so they get no measured normalization constants
-    latents_normalized = False
+    # why its latents already are a diffusion model's (normalized) ones and get no measured constants; None: they do
+    normalized_by: str | None = None
     channels_key = "latent_channels"  # the config key holding the latent channels (Qwen-Image / Wan: z_dim)
 
     def __init__(self, vae: nn.Module | None = None, **config):
@@ -115,7 +115,6 @@ class TinyAutoencoder(WrappedAutoencoder):
 
     family = "tiny"
     diffusers_class = AutoencoderTiny
-    latents_normalized = True  # its teacher's normalized latents; pipelines apply its config's 1.0 / 0.0 on top
     normalized_by = ("they are its teacher's, and pipelines still apply its config's scaling_factor / shift_factor: "
                      "measured ones would normalize them twice")
 
