@@ -151,7 +151,8 @@ def test_gradients_reach_encoder_and_projection_only(dinov2_dir):
     model, images = _model(), _images()
     loss = _loss(dinov2_dir, adaptive=False, margin_cos=0.0, margin_dms=0.0)
     out = model(images)
-    total, logs = loss(images, out.reconstruction.detach(), step=0, posterior=out.posterior, latent=out.latent)
+    out.reconstruction = out.reconstruction.detach()
+    total, logs = loss(images, out, 0)
     assert logs["loss/vf"] > 0 and float(logs["vf/weight"]) == 1.0
     total.backward()
     assert model.encoder.conv_out.weight.grad.abs().sum() > 0 and model.quant_conv.weight.grad.abs().sum() > 0
@@ -167,8 +168,7 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms(dinov2_dir):
     out = model(images)
     layer = model.encoder_last_layer()
     assert layer is model.encoder.conv_out.weight
-    total, logs = loss(images, out.reconstruction, step=0, posterior=out.posterior, latent=out.latent,
-                       encoder_layer=layer)
+    total, logs = loss(images, out, 0, encoder_layer=layer)
     rec = F.l1_loss(out.reconstruction, images)  # pixel_weight 1, mean reduction, no LPIPS / KL / GAN
     cos, dms = vf_terms(loss.vf.projection(out.latent), loss.vf.features(images, (8, 8)), margin_cos=0.5,
                         margin_dms=0.25)  # VFConfig's defaults, the paper's margins
@@ -181,10 +181,9 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms(dinov2_dir):
     assert float(logs["loss/vf"]) == pytest.approx(term, rel=1e-6)
     assert total.item() == pytest.approx(rec + want * term, rel=1e-5)  # the weight applied
     with pytest.raises(ValueError, match="encoder_layer="):
-        loss(images, out.reconstruction, step=0, posterior=out.posterior, latent=out.latent)
+        loss(images, out, 0)
     with torch.no_grad():  # evaluation: no gradients to compare, the term gets weight 0 (as the GAN's)
-        _, logs = loss(images, out.reconstruction, step=0, posterior=out.posterior, latent=out.latent,
-                       encoder_layer=layer)
+        _, logs = loss(images, out, 0, encoder_layer=layer)
     assert float(logs["vf/weight"]) == 0.0 and float(logs["loss/vf"]) > 0
 
 

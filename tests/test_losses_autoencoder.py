@@ -1,5 +1,5 @@
 """AutoencoderLoss: gradient isolation between generator and discriminator, LPIPS gradient, the adaptive
-weight, GAN start / warm-up, both families, and one step of the tiny real KL model."""
+weight, GAN start / warm-up, every kind of bottleneck, and one step of the tiny real KL model."""
 import pytest
 import torch
 from torch import nn
@@ -8,7 +8,7 @@ from conftest import assert_close_across_kernels, weight_layers
 from latentae.config import ConfigError
 from latentae.losses import AutoencoderLoss, DiscConfig, KLConfig, LossConfig
 from latentae.losses import autoencoder_loss as loss_module
-from latentae.models import GaussianPosterior, KLAutoencoder
+from latentae.models import AutoencoderOutput, GaussianPosterior, KLAutoencoder, VQTokenizer
 from latentae.quantizers.base import QuantizerOutput
 
 
@@ -23,7 +23,8 @@ class ToyAutoencoder(nn.Module):
 
     def forward(self, images):
         posterior = GaussianPosterior(self.encoder(images))
-        return self.decoder(posterior.sample()), posterior
+        z = posterior.sample()
+        return AutoencoderOutput(reconstruction=self.decoder(z), posterior=posterior, latent=z)
 
     def last_layer(self):
         return self.decoder[-1].weight
@@ -52,8 +53,7 @@ def test_lpips_gives_decoder_gradient_and_never_changes(loss):
     only_lpips.perceptual = loss.perceptual  # reuse the module-scoped LPIPS
     optimizer = torch.optim.Adam(list(model.parameters()) + list(only_lpips.parameters()), lr=1e-2)
     images = _images()
-    rec, posterior = model(images)
-    total, logs = only_lpips(images, rec, step=0, posterior=posterior)
+    total, logs = only_lpips(images, model(images), 0)
     assert total.item() == pytest.approx(logs["loss/perceptual"].item())
     total.backward()
     assert model.last_layer().grad.abs().sum() > 0 and model.decoder[0].weight.grad.abs().sum() > 0
@@ -65,14 +65,14 @@ def test_lpips_gives_decoder_gradient_and_never_changes(loss):
 def test_discriminator_update_leaves_generator_gradients_untouched(loss):
     model = ToyAutoencoder()
     images = _images()
-    rec, posterior = model(images)
-    g_total, _ = loss(images, rec, step=0, posterior=posterior, last_layer=model.last_layer())
+    out = model(images)
+    g_total, _ = loss(images, out, 0, last_layer=model.last_layer())
     g_total.backward(retain_graph=True)
     after_generator = [p.grad.clone() for p in model.parameters()]
     assert all(p.grad is None for p in loss.discriminator.parameters())  # generator update: D's grads empty
     assert all(p.requires_grad for p in loss.discriminator.parameters())  # and D is unfrozen again
 
-    d_total, d_logs = loss(images, rec, step=0, mode="discriminator")  # rec not detached by the caller
+    d_total, d_logs = loss(images, out, 0, mode="discriminator")  # the reconstruction not detached by the caller
     d_total.backward()
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), after_generator))
     # (the last bias may get exactly 0: with every hinge active, real and fake pull it equally)
@@ -85,8 +85,9 @@ def test_discriminator_update_leaves_generator_gradients_untouched(loss):
 def test_adaptive_weight_equals_hand_computation(loss):
     model = ToyAutoencoder()
     images = _images()
-    rec, posterior = model(images)
-    total, logs = loss(images, rec, step=0, posterior=posterior, last_layer=model.last_layer())
+    out = model(images)
+    rec = out.reconstruction
+    total, logs = loss(images, out, 0, last_layer=model.last_layer())
 
     # by hand: the reconstruction part and the generator's hinge loss, gradients at the last layer
     reconstruction = logs["loss/rec"] + logs["loss/perceptual"]  # values only; recompute with graph below
@@ -111,18 +112,18 @@ def test_adaptive_weight_clamped_and_fixed_weight():
     clamped = AutoencoderLoss(LossConfig(perceptual_weight=0.0, disc=d))
     model = ToyAutoencoder()
     images = _images()
-    rec, posterior = model(images)
-    _, logs = clamped(images, rec, step=0, posterior=posterior, last_layer=model.last_layer())
+    out = model(images)
+    _, logs = clamped(images, out, 0, last_layer=model.last_layer())
     assert logs["adaptive_weight"].item() == pytest.approx(2.0 * 0.25)  # sum-reduced rec dwarfs g_adv
 
     fixed = AutoencoderLoss(LossConfig(perceptual_weight=0.0, disc=DiscConfig(start=0, adaptive=False, weight=0.5)))
-    total, logs = fixed(images, rec, step=0, posterior=posterior)  # no last_layer needed
+    total, logs = fixed(images, out, 0)  # no last_layer needed
     assert logs["adaptive_weight"].item() == 0.5
     expected = logs["loss/rec"] + 1e-6 * logs["loss/kl"] + 0.5 * logs["loss/g_adv"]
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
 
     with torch.no_grad():  # validation: no gradients to compare
-        _, logs = clamped(images, rec, step=0, posterior=posterior, last_layer=model.last_layer())
+        _, logs = clamped(images, out, 0, last_layer=model.last_layer())
     assert logs["adaptive_weight"].item() == 0.0
 
 
@@ -138,38 +139,38 @@ def test_disc_start_and_warmup(monkeypatch):
     monkeypatch.setattr(loss_module, "adaptive_weight", must_not_run)
     model = ToyAutoencoder()
     images = _images()
-    rec, posterior = model(images)
-    _, logs = loss(images, rec, step=80, posterior=posterior, last_layer=model.last_layer())
+    out = model(images)
+    _, logs = loss(images, out, 80, last_layer=model.last_layer())
     assert "loss/g_adv" not in logs and "adaptive_weight" not in logs
-    _, d_logs = loss(images, rec, step=80, mode="discriminator")  # the discriminator warms up already
+    _, d_logs = loss(images, out, 80, mode="discriminator")  # the discriminator warms up already
     assert "loss/disc" in d_logs
     with pytest.raises(RuntimeError, match="discriminator_active"):
-        loss(images, rec, step=60, mode="discriminator")
+        loss(images, out, 60, mode="discriminator")
 
     off = AutoencoderLoss(LossConfig(perceptual_weight=0.0, disc=DiscConfig(start=0, weight=0.0)))
     assert not off.discriminator_active(10**6) and not off.generator_adversarial_active(10**6)
 
 
-def test_vq_family_adds_quantizer_losses_and_logs_codebook_stats():
+def test_codebook_adds_quantizer_losses_and_logs_codebook_stats():
     cfg = LossConfig(pixel_loss="l2", reduction="mean", perceptual_weight=0.0,
                      disc=DiscConfig(start=0, adaptive=False, channels=8, norm="none"))
-    loss = AutoencoderLoss(cfg, family="vq")
+    loss = AutoencoderLoss(cfg, VQTokenizer.bottleneck)
     images = _images()
     rec = (images * 0.8).requires_grad_(True)
     quant = QuantizerOutput(quantized=torch.randn(2, 8, 4, 4), indices=torch.zeros(2, 4, 4, dtype=torch.long),
                             losses={"commitment": torch.tensor(0.25), "codebook": torch.tensor(1.0)},
                             stats={"usage": torch.tensor(0.5), "perplexity": torch.tensor(3.0),
                                    "entropy": torch.tensor(1.5)})
-    total, logs = loss(images, rec, step=0, quant=quant)
+    total, logs = loss(images, AutoencoderOutput(reconstruction=rec, quant=quant, latent=quant.quantized), 0)
     expected = ((rec - images) ** 2).mean() + 1.25 + 0.5 * logs["loss/g_adv"]
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert logs["loss/commitment"] == 0.25 and logs["loss/codebook"] == 1.0
     assert (logs["codebook/usage"], logs["codebook/perplexity"], logs["codebook/entropy"]) == (0.5, 3.0, 1.5)
     assert "loss/kl" not in logs and {"latent/mean", "latent/std"} <= set(logs)
-    with pytest.raises(ValueError, match="quant="):
-        loss(images, rec, step=0)
+    with pytest.raises(ValueError, match="no latent"):
+        loss(images, AutoencoderOutput(reconstruction=rec), 0)
     with pytest.raises(ConfigError, match="loss.reduction"):
-        AutoencoderLoss(LossConfig(perceptual_weight=0.0), family="vq")
+        AutoencoderLoss(LossConfig(perceptual_weight=0.0), VQTokenizer.bottleneck)
 
 
 def test_tiny_kl_model_trains_one_step_under_bf16_autocast(loss):
@@ -180,13 +181,12 @@ def test_tiny_kl_model_trains_one_step_under_bf16_autocast(loss):
     images = _images(size=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images)
-        total, logs = loss(images, out.reconstruction, step=0, posterior=out.posterior,
-                           last_layer=model.last_layer())
+        total, logs = loss(images, out, 0, last_layer=model.last_layer())
     assert total.dtype == torch.float32
     total.backward()
     opt_g.step()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        d_total, d_logs = loss(images, out.reconstruction, step=0, mode="discriminator")
+        d_total, d_logs = loss(images, out, 0, mode="discriminator")
     d_total.backward()
     opt_d.step()
     expected = {"loss/total", "loss/rec", "loss/perceptual", "loss/kl", "loss/g_adv", "adaptive_weight",
@@ -213,7 +213,8 @@ def test_generator_sees_the_logits_of_the_discriminator_step(norm):
         return torch.rand(4, 3, 32, 32, generator=make) * 0.5 + 0.5, torch.rand(4, 3, 32, 32, generator=make) - 1
 
     for step in range(4):
-        d_total, _ = loss(*batch(), step=step, mode="discriminator")
+        real, fake = batch()
+        d_total, _ = loss(real, AutoencoderOutput(reconstruction=fake), step, mode="discriminator")
         opt_d.zero_grad()
         d_total.backward()
         opt_d.step()
@@ -223,12 +224,12 @@ def test_generator_sees_the_logits_of_the_discriminator_step(norm):
     hook = d.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
     images, rec = batch()
     buffers = {k: v.clone() for k, v in d.state_dict().items()}
-    g_total, g_logs = loss(images, rec.requires_grad_(True), step=4,
-                           posterior=GaussianPosterior(torch.zeros(4, 8, 8, 8)))
+    posterior = GaussianPosterior(torch.zeros(4, 8, 8, 8))
+    g_total, g_logs = loss(images, AutoencoderOutput(reconstruction=rec.requires_grad_(True), posterior=posterior), 4)
     g_total.backward()
     assert rec.grad.abs().sum() > 0 and all(p.grad is None for p in d.parameters())
     assert all(torch.equal(v, buffers[k]) for k, v in d.state_dict().items())  # G pass: D's buffers untouched
-    _, d_logs = loss(images, rec, step=4, mode="discriminator")
+    _, d_logs = loss(images, AutoencoderOutput(reconstruction=rec), 4, mode="discriminator")
     hook.remove()
     if d.mixes_batch:  # same module, batch shape and values in one process (same kernels): bit for bit
         assert torch.equal(seen[0][-4:], seen[1][-4:])

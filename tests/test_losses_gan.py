@@ -6,6 +6,7 @@ from torch import nn
 from latentae.config import ConfigError, load_config
 from latentae.losses import AutoencoderLoss, DiscConfig, LossConfig, NLayerDiscriminator
 from latentae.losses.gan import LeCAMAnchors, discriminator_loss, generator_loss, lecam_penalty, r1_penalty
+from latentae.models import AutoencoderOutput
 
 REAL = torch.tensor([2.0, 0.5, -1.0])
 FAKE = torch.tensor([-2.0, 0.0, 1.5])
@@ -63,7 +64,7 @@ def test_discriminator_step_adds_weighted_lecam_and_r1():
     cfg = LossConfig(perceptual_weight=0.0, disc=DiscConfig(start=0, norm="group", lecam_weight=0.1, r1_weight=2.0))
     loss = AutoencoderLoss(cfg)
     images, rec = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
-    total, logs = loss(images, rec, step=0, mode="discriminator")
+    total, logs = loss(images, AutoencoderOutput(reconstruction=rec), 0, mode="discriminator")
     expected = logs["loss/disc"] + 0.1 * logs["loss/lecam"] + 2.0 * logs["loss/r1"]
     assert total.item() == pytest.approx(expected.item(), rel=1e-6) and logs["loss/r1"] > 0
     total.backward()
@@ -91,7 +92,7 @@ def test_batchnorm_discriminator_sees_real_and_fake_in_one_forward():
     batches = []
     loss.discriminator.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     images = torch.rand(3, 3, 32, 32)
-    loss(images, images.flip(0), step=0, mode="discriminator")
+    loss(images, AutoencoderOutput(reconstruction=images.flip(0)), 0, mode="discriminator")
     assert batches == [6]
 
 

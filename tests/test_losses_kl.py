@@ -4,8 +4,9 @@ import torch
 
 from latentae.config import ConfigError, load_config
 from latentae.losses import AutoencoderLoss, DiscConfig, KLConfig, LossConfig
-from latentae.losses.kl import active_channels, kl_per_channel, kl_term, kl_weight
-from latentae.models import GaussianPosterior
+from latentae.losses.kl import kl_term, kl_weight
+from latentae.models import AutoencoderOutput, GaussianPosterior
+from latentae.models.posterior import active_channels
 
 
 def test_constant_schedule():
@@ -52,7 +53,7 @@ def _posterior(batch=3, channels=4, size=5, collapsed=()):
 
 def test_kl_reductions_match_ldm_and_elementwise_mean():
     posterior = _posterior()
-    per_channel = kl_per_channel(posterior)
+    per_channel = posterior.kl_per_element()
     kl_sum = kl_term(per_channel, spatial_size=25, free_bits=0.0, reduction="sum")
     assert kl_sum.item() == pytest.approx(posterior.kl().mean().item(), rel=1e-5)  # LDM: sum(C,H,W) / B
     elementwise = 0.5 * (posterior.mean**2 + posterior.var - 1 - posterior.logvar)
@@ -62,13 +63,13 @@ def test_kl_reductions_match_ldm_and_elementwise_mean():
 
 def test_collapsed_channel_is_reported_inactive():
     posterior = _posterior(collapsed=(2,))
-    per_channel = kl_per_channel(posterior)
+    per_channel = posterior.kl_per_element()
     assert per_channel[2].item() == 0.0 and (per_channel[[0, 1, 3]] > 0.01).all()
     assert active_channels(per_channel, 0.01).item() == 3
 
     loss = AutoencoderLoss(LossConfig(perceptual_weight=0.0, kl=KLConfig(active_threshold=0.01)))
     images = torch.rand(3, 3, 10, 10)
-    _, logs = loss(images, images * 0.9, step=0, posterior=posterior)
+    _, logs = loss(images, AutoencoderOutput(reconstruction=images * 0.9, posterior=posterior), 0)
     assert logs["latent/active_channels"].item() == 3
     assert logs["kl/channel_02"].item() == 0.0 and logs["kl/channel_00"].item() > 0.01
     assert logs["kl/weight"] == 1e-6
@@ -85,6 +86,7 @@ def test_mean_reduction_equivalent_kl_weight():
                                           disc=no_gan))
     loss_mean = AutoencoderLoss(LossConfig(perceptual_weight=0.0, reduction="mean",
                                            kl=KLConfig(weight=beta * n_lat / n_pix), disc=no_gan))
-    total_sum, _ = loss_sum(images, rec, step=0, posterior=posterior)
-    total_mean, _ = loss_mean(images, rec, step=0, posterior=posterior)
+    out = AutoencoderOutput(reconstruction=rec, posterior=posterior)
+    total_sum, _ = loss_sum(images, out, 0)
+    total_mean, _ = loss_mean(images, out, 0)
     assert (total_sum / n_pix).item() == pytest.approx(total_mean.item(), rel=1e-5)

@@ -12,7 +12,7 @@ from latentae.losses import AutoencoderLoss, LossConfig
 from latentae.losses.config import (DiscConfig, EquivarianceConfig, KLConfig, LatentNoiseConfig,
                                     ScaleEquivarianceConfig)
 from latentae.losses.equivariance import transform
-from latentae.models import GaussianPosterior
+from latentae.models import AutoencoderOutput, GaussianPosterior
 from test_train import PRESET, fresh_accelerate_state  # noqa: F401 (autouse: resets accelerate after each test)
 
 FACTOR = 2  # the toy autoencoders' spatial factor
@@ -56,16 +56,17 @@ def _loss(**sections):
     return AutoencoderLoss(cfg)
 
 
-def _posterior(latent):  # a zero-variance posterior around `latent` (no KL weight in these tests anyway)
-    return GaussianPosterior(torch.cat([latent, torch.full_like(latent, -30.0)], dim=1))
+def _output(model, latent, detach=False):  # a zero-variance posterior around `latent` (no KL weight in these tests)
+    posterior = GaussianPosterior(torch.cat([latent, torch.full_like(latent, -30.0)], dim=1))
+    rec = model.decode(latent)
+    return AutoencoderOutput(reconstruction=rec.detach() if detach else rec, posterior=posterior, latent=latent)
 
 
 def _term(name, section, model, images, seed=0):
     loss = _loss(**{name: section})
     latent = model.encode(images)
     torch.manual_seed(seed)
-    total, logs = loss(images, model.decode(latent), step=0, posterior=_posterior(latent), latent=latent,
-                       decode=model.decode)
+    total, logs = loss(images, _output(model, latent), 0, decode=model.decode)
     return total, logs
 
 
@@ -129,7 +130,7 @@ def test_gradients_reach_encoder_and_decoder_only(name):
     images = _blocky_images()
     latent = model.encode(images)
     torch.manual_seed(0)
-    total, logs = loss(images, model.decode(latent).detach(), step=0, posterior=_posterior(latent), latent=latent,
+    total, logs = loss(images, _output(model, latent, detach=True), 0,
                        decode=model.decode)  # main reconstruction detached: any gradient comes from the term
     assert f"loss/{name}" in logs
     total.backward()
@@ -150,10 +151,9 @@ def test_default_config_adds_no_term_and_draws_nothing():
     loss = _loss()
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    total, logs = loss(images, model.decode(latent), step=0, posterior=_posterior(latent), latent=latent,
-                       decode=decode)
+    total, logs = loss(images, _output(model, latent), 0, decode=decode)
     assert torch.equal(torch.get_rng_state(), before) and not calls
-    plain_total, plain_logs = loss(images, model.decode(latent), step=0, posterior=_posterior(latent))
+    plain_total, plain_logs = loss(images, _output(model, latent), 0)
     assert logs.keys() == plain_logs.keys() and torch.equal(total, plain_total)
     assert not any(k.startswith(("loss/equivariance", "loss/scale_equ", "loss/latent_noise")) for k in logs)
 
@@ -172,8 +172,8 @@ def test_regularizer_needs_latent_and_decoder():
     loss = _loss(latent_noise=CASES["latent_noise"])
     model, images = PoolingAutoencoder(), _blocky_images()
     latent = model.encode(images)
-    with pytest.raises(ValueError, match="loss.latent_noise needs latent="):
-        loss(images, model.decode(latent), step=0, posterior=_posterior(latent))
+    with pytest.raises(ValueError, match="loss.latent_noise needs .* decode="):
+        loss(images, _output(model, latent), 0)
 
 
 def test_lpips_too_small_for_the_strongest_downscaling_is_a_config_error():
@@ -183,7 +183,7 @@ def test_lpips_too_small_for_the_strongest_downscaling_is_a_config_error():
     model, images = PoolingAutoencoder(), _blocky_images(size=64)  # 64 / 4 = 16 px < alex's 31
     latent = model.encode(images)
     with pytest.raises(ConfigError, match="'loss.scale_equivariance.factors'.*16x16.*LPIPS-alex"):
-        loss(images, model.decode(latent), step=0, posterior=_posterior(latent), latent=latent, decode=model.decode)
+        loss(images, _output(model, latent), 0, decode=model.decode)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -35,7 +35,7 @@ def test_preset_loads_and_builds(name, tmp_path):
     assert cfg.loss.perceptual_weight == 0 and cfg.train.resume == "auto"
     if not cfg.train.init_from:
         model = build_model(cfg.model)
-        loss = AutoencoderLoss(cfg.loss, family=model.family)
+        loss = AutoencoderLoss(cfg.loss, model.bottleneck)
         assert loss.discriminator is not None
 
 

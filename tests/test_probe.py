@@ -81,8 +81,6 @@ def test_pixel_distance_orders_degenerate_samples(shared_data):
 
 def train_encoder(images, steps=120, seed=0) -> KLAutoencoder:
     """A tiny f4 KL autoencoder trained with L1 (+ KL 1e-6) on `images`: a real, if blurry, encoder."""
-    from latentae.losses.kl import kl_per_channel
-
     torch.manual_seed(seed)
     model = KLAutoencoder(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -90,7 +88,7 @@ def train_encoder(images, steps=120, seed=0) -> KLAutoencoder:
     for _ in range(steps):
         x = images[torch.randint(0, len(images), (16,), generator=g)]
         out = model(x)
-        loss = (out.reconstruction - x).abs().mean() + 1e-6 * kl_per_channel(out.posterior).sum()
+        loss = (out.reconstruction - x).abs().mean() + 1e-6 * out.posterior.kl_per_element().sum()
         opt.zero_grad()
         loss.backward()
         opt.step()

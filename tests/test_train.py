@@ -145,8 +145,8 @@ def test_nan_losses_skipped_counted_then_stop(tmp_path, demo_images, monkeypatch
     real = AutoencoderLoss.forward
     bad_steps = {1}
 
-    def poisoned(self, images, rec, *, step, mode="generator", **kw):
-        total, logs = real(self, images, rec, step=step, mode=mode, **kw)
+    def poisoned(self, images, output, step, mode="generator", **kw):
+        total, logs = real(self, images, output, step, mode=mode, **kw)
         return (total * float("nan") if mode == "generator" and step in bad_steps else total), logs
 
     monkeypatch.setattr(AutoencoderLoss, "forward", poisoned)
@@ -240,8 +240,8 @@ def test_nonfinite_discriminator_loss_never_reaches_its_weights(tmp_path, demo_i
 
     real = AutoencoderLoss.forward
 
-    def poisoned(self, images, rec, *, step, mode="generator", **kw):
-        total, logs = real(self, images, rec, step=step, mode=mode, **kw)
+    def poisoned(self, images, output, step, mode="generator", **kw):
+        total, logs = real(self, images, output, step, mode=mode, **kw)
         return (total * float("inf") if mode == "discriminator" and step == 1 else total), logs
 
     monkeypatch.setattr(AutoencoderLoss, "forward", poisoned)

@@ -86,14 +86,14 @@ def run(args):
 
     expand_sources(args.data)  # a missing or empty dataset fails before the model loads
     model = load(args.model)
-    if model.family == "vq" and (args.store or args.seed is not None or args.dtype != "float32"):
+    if model.bottleneck.tokenizes and (args.store or args.seed is not None or args.dtype != "float32"):
         raise LatentaeError("--store, --seed and --dtype apply to continuous latents; a tokenizer stores int32 token ids")
     if args.seed is not None and args.store != "sample":
         raise LatentaeError("--seed only takes effect with --store sample")
     where = launch()
     report = encode_dataset(
         model, args.data, args.output, batch_size=args.batch_size, resolution=args.resolution,
-        store=args.store or ("both" if hasattr(model, "posterior") else "mean"), storage_dtype=args.dtype,
+        store=args.store or ("both" if model.bottleneck.samples else "mean"), storage_dtype=args.dtype,
         precision=resolve_precision(args.precision, device=where.device, channels_last=args.channels_last),
         channels_last=args.channels_last, device=where.device, workers=max(0, args.workers),
         images_per_shard=args.images_per_shard, seed=args.seed or 0, max_pixels=args.max_pixels,

@@ -107,7 +107,7 @@ def _prior(model, args, resolution):
 
     samples = prior_samples(model, args.num, resolution=resolution, seed=args.seed, normalized=args.normalized)
     cols = math.ceil(math.sqrt(args.num))
-    what = "random tokens" if model.family == "vq" else "N(0, I) in normalized space" if args.normalized else "N(0, I)"
+    what = "random tokens" if model.bottleneck.tokenizes else "N(0, I) in normalized space" if args.normalized else "N(0, I)"
     return image_grid([samples[i:i + cols] for i in range(0, len(samples), cols)],
                       title=f"decoded prior samples: {what}, seed {args.seed}"), []
 
@@ -147,7 +147,7 @@ def _codebook(model, args, resolution):
 def _anomaly(model, args, resolution):
     from latentae.inspect import anomaly_scores, image_grid
 
-    score = args.score or ("elbo" if hasattr(model, "posterior") else "recon")
+    score = args.score or ("elbo" if model.bottleneck.samples else "recon")
     ranked = anomaly_scores(model, args.data, score=score, resolution=resolution, batch_size=args.batch_size,
                             keep_images=args.top)
     lines = [f"{i + 1:>5} {s.score:>12.6g}  {s.key}" for i, s in enumerate(ranked)]

@@ -63,7 +63,7 @@ def run(args):
         raise LatentaeError("--max-images, --resolution, --precision and --channels-last apply to --data "
                             "(images to encode), not to --latents")
     model = load(args.model)
-    if model.family == "vq":
+    if model.bottleneck.tokenizes:
         raise LatentaeError(f"latent statistics apply to continuous latents; {args.model} is a "
                             f"{type(model).__name__} (token ids need no normalization)")
     patch = stats_patch(model)
@@ -75,7 +75,7 @@ def run(args):
         refuse_normalized_latents(type(model), args.model)
     of, why = pipeline_latents(model)
     why = f"this model's default ({why})"
-    if args.of and hasattr(model, "posterior"):  # a deterministic latent is its own sample: means whatever --of
+    if args.of and model.bottleneck.samples:  # a deterministic latent is its own sample: means whatever --of
         of, why = args.of, "as --of asks"
     if args.latents:
         stats = latent_stats(args.latents, of=of, patch=patch)
@@ -89,7 +89,7 @@ def run(args):
     if len(stats.mean) != channels:
         raise LatentaeError(f"{args.latents} holds {len(stats.mean)}-channel latents; {args.model} has "
                             f"{channels} (normalized) latent channels")
-    print(stats.table(why, getattr(model, "normalized_by", None)))
+    print(stats.table(why, model.bottleneck.normalized_by))
     if args.write:
         values = write_normalization(args.model, stats, convention)
         if convention == "flux2":

@@ -12,13 +12,9 @@ import torch
 from torch import Tensor
 
 from latentae.evaluation.gather import all_reduce_sum
-from latentae.losses.config import KLConfig
-from latentae.losses.kl import active_channels, kl_per_channel
-from latentae.models import GaussianPosterior
 from latentae.models.output import AutoencoderOutput
+from latentae.models.posterior import ACTIVE_THRESHOLD, GaussianPosterior, active_channels
 from latentae.quantizers.base import code_distribution_stats
-
-ACTIVE_THRESHOLD = KLConfig().active_threshold
 
 
 class CodebookStats:
@@ -96,7 +92,7 @@ class KLStats:
         p = output.posterior
         posterior = GaussianPosterior(torch.cat([p.mean, p.logvar], dim=1).float())  # fp32 also under autocast
         b = p.mean.shape[0]
-        self.sums[:-1] += kl_per_channel(posterior).double() * b  # batch mean -> batch sum
+        self.sums[:-1] += posterior.kl_per_element().double() * b  # batch mean -> batch sum
         self.sums[-1] += b
 
     def compute(self) -> dict[str, float | int | list[float]]:
@@ -131,9 +127,9 @@ class LatentShape:
 
 
 def bottleneck_stats(model, device: torch.device, *, active_threshold: float = ACTIVE_THRESHOLD):
-    """The statistics object for `model`: codebook (tokenizers), KL (posterior models), else the latent shape."""
-    if model.family == "vq":
+    """The statistics object for `model`'s bottleneck: codebook use, KL of the posterior, else the latent shape."""
+    if model.bottleneck.tokenizes:
         return CodebookStats.for_model(model, device)
-    if hasattr(model, "posterior"):
+    if model.bottleneck.samples:
         return KLStats.for_model(model, device, active_threshold)
     return LatentShape()

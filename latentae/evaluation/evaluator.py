@@ -32,7 +32,7 @@ from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_D
 from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fingerprint, extractor_identity,
                                            keys_fingerprint)
 from latentae.latents.options import DEFAULT_METRICS
-from latentae.models.config import DETERMINISTIC
+from latentae.models.bottleneck import Bottleneck
 from latentae.models.tiling import (TILE_ABOVE_PIXELS, describe_tiling, evaluation_forward, tiled_forward,
                                     use_tiling)
 
@@ -146,9 +146,6 @@ def _reconstruct(model: nn.Module, x: Tensor, bf16: bool, tiled: bool):
         return evaluation_forward(model, x)
 
 
-FAMILIES = ("kl", "vq", *DETERMINISTIC)
-
-
 class _ModelRun:
     """One model's meters, bottleneck statistics, per-image values and examples during an evaluation."""
 
@@ -221,7 +218,7 @@ def evaluate_many(
     if accelerator is not None:
         models = {name: accelerator.unwrap_model(m) for name, m in models.items()}
     for m in models.values():
-        if getattr(m, "family", None) not in FAMILIES:
+        if not isinstance(getattr(m, "bottleneck", None), Bottleneck):
             raise ModelFormatError(f"evaluate() takes a latentae model (latentae.load opens the diffusers ones), "
                                    f"got {type(m).__name__}")
     device = next(next(iter(models.values())).parameters()).device  # under accelerate: the accelerator's device

@@ -33,7 +33,7 @@ def batches(spec: str, *, resolution: int, batch_size: int = 8, workers: int = 0
 def kl_per_channel(model, spec: str, *, resolution: int, batch_size: int = 8) -> tuple[torch.Tensor, int]:
     """Mean over images of KL(q || N(0, I)) per latent channel (nats, summed over positions): ([C], images).
     Channels near 0 carry no information (posterior collapse)."""
-    if not hasattr(model, "posterior"):
+    if not model.bottleneck.samples:
         raise LatentaeError(f"KL per channel needs a KL autoencoder (a posterior), not a {type(model).__name__}")
     total, n = None, 0
     for batch in batches(spec, resolution=resolution, batch_size=batch_size):
@@ -49,7 +49,7 @@ def kl_per_channel(model, spec: str, *, resolution: int, batch_size: int = 8) ->
 def code_counts(model, spec: str, *, resolution: int, batch_size: int = 8) -> torch.Tensor:
     """How often each code is chosen over the images of `spec`: [K] ([S, K] per stage for residual
     quantizers)."""
-    if model.family != "vq":
+    if not model.bottleneck.tokenizes:
         raise LatentaeError(f"codebook usage needs a VQ tokenizer, not a {type(model).__name__}")
     size = model.quantize.codebook_size
     counts = None
@@ -77,7 +77,7 @@ def anomaly_scores(model, spec: str, *, score: Literal["elbo", "recon"] = "elbo"
     themselves are kept for the first `keep_images` (memory stays flat on large folders)."""
     if score not in SCORES:
         raise LatentaeError(f"score must be one of {SCORES}, got {score!r}")
-    if score == "elbo" and not hasattr(model, "posterior"):
+    if score == "elbo" and not model.bottleneck.samples:
         raise LatentaeError(f"the ELBO needs a KL autoencoder (a posterior); rank a {type(model).__name__} with "
                             "--score recon")
     out: list[Scored] = []

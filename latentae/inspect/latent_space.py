@@ -58,7 +58,7 @@ def prior_samples(model, n: int, *, resolution: int, seed: int = 0, normalized: 
     g = torch.Generator().manual_seed(seed)
     split = model.crop_multiple // model_downsample_factor(model)  # a side the 2x2 splits can take
     side = max(1, resolution // model.crop_multiple) * split
-    if model.family == "vq":
+    if model.bottleneck.tokenizes:
         return list(model.detokenize(model.quantize.random_indices(n, side, side, generator=g)).float())
     shape = (int(model.config["latent_channels"]), side, side)
     if normalized:

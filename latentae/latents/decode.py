@@ -34,7 +34,7 @@ def decode_encoded(model, spec: str, *, batch_size: int = 8, precision: str = "f
     if batch_size < 1:
         raise LatentaeError(f"batch_size must be >= 1, got {batch_size}")
     runtime = Runtime(model, device=device, precision=precision, channels_last=channels_last)
-    field = "tokens" if model.family == "vq" else "latents"
+    field = "tokens" if model.bottleneck.tokenizes else "latents"
     pending: list[dict] = []
 
     def flush():

@@ -51,8 +51,8 @@ class LatentEncoder:
         if storage_dtype not in STORAGE_DTYPES:
             raise LatentaeError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         self.runtime = runtime
-        self.tokens = runtime.model.family == "vq"
-        if not self.tokens and not hasattr(runtime.model, "posterior") and store != "mean":
+        self.tokens = runtime.model.bottleneck.tokenizes
+        if runtime.model.bottleneck.deterministic and store != "mean":
             raise LatentaeError(f"a {type(runtime.model).__name__} is deterministic (no posterior): it stores its "
                                 "latents (store 'mean'), not posterior samples or logvar")
         self.member = TOKENS if self.tokens else LATENTS
@@ -111,13 +111,14 @@ def settings(model, *, model_source: str, store: str, storage_dtype: str, precis
     where the model came from (`model`, informative only: the weights fingerprint identifies it).
     `resolution` None: native size (recorded as "native", with the crop in words)."""
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    tokens = model.bottleneck.tokenizes
     return {"model": model_source, "model_class": type(model).__name__, "weights": weights_fingerprint(model),
-            "config": config, "content": TOKENS if model.family == "vq" else f"{LATENTS}:{store}",
-            "dtype": "int32" if model.family == "vq" else storage_dtype, "precision": precision,
+            "config": config, "content": TOKENS if tokens else f"{LATENTS}:{store}",
+            "dtype": "int32" if tokens else storage_dtype, "precision": precision,
             "resolution": NATIVE if resolution is None else resolution,
             "crop": crop_description(resolution, model.crop_multiple), "max_pixels": max_pixels,
             "small_images": small_images,
-            **({"seed": seed} if store == "sample" and model.family != "vq" else {})}
+            **({"seed": seed} if store == "sample" and not tokens else {})}
 
 
 def _normalized(obj):

@@ -140,7 +140,7 @@ def _mean_second(array: np.ndarray, store: str, of: str) -> tuple[np.ndarray, np
 
 def pipeline_latents(model) -> tuple[str, str]:
     """Which latents the model's pipeline normalizes, "sample" or "mean" (`of`'s default), and why."""
-    if not hasattr(model, "posterior"):
+    if not model.bottleneck.samples:
         return "mean", "a deterministic latent is its own sample"
     if hasattr(model, "pipeline_latents"):  # a wrapped pipeline VAE says which its pipelines encode
         return model.pipeline_latents
@@ -151,10 +151,12 @@ def pipeline_latents(model) -> tuple[str, str]:
 
 def refuse_normalized_latents(cls, where) -> None:
     """Latents that already are a diffusion model's (a tiny autoencoder's: its teacher's normalized latents; RAE's:
-    normalized by its own buffers) get no constants; `cls.normalized_by` says why."""
-    if getattr(cls, "normalized_by", None):
+    normalized by its own buffers) get no constants; the model class's `bottleneck.normalized_by` says why (`cls`
+    None: a class latentae does not wrap, nothing to refuse)."""
+    why = cls.bottleneck.normalized_by if cls is not None else None
+    if why:
         name = getattr(cls, "diffusers_class", cls).__name__
-        raise LatentaeError(f"{where}: an {name}'s latents are already normalized: {cls.normalized_by}; nothing "
+        raise LatentaeError(f"{where}: an {name}'s latents are already normalized: {why}; nothing "
                             "written (measure without --write)")
 
 
@@ -244,7 +246,7 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] | 
     native size (default: center-cropped to a multiple of the model's downsampling factor, as `latentae encode`
     does) or center-cropped to `resolution`; the first `max_images` (files in order, each in stored order)
     only if set. `of`: posterior samples or means, by default those the model's pipeline normalizes."""
-    if model.family == "vq":
+    if model.bottleneck.tokenizes:
         raise LatentaeError(f"latent statistics apply to continuous latents, not to {type(model).__name__}'s "
                             "token ids")
     of = of or pipeline_latents(model)[0]
@@ -259,7 +261,7 @@ def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] | 
         if batch["items"]:
             with torch.inference_mode(), runtime.context():
                 x = runtime.inputs(batch["image"])
-                if hasattr(model, "posterior"):
+                if model.bottleneck.samples:
                     posterior = model.posterior(x)
                     stored, store = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy(), "both"
                 else:  # deterministic (DC-AE, tiny): the latent is its own sample

@@ -1,10 +1,10 @@
 """Training objectives: reconstruction, LPIPS, KL / quantizer terms, PatchGAN discriminator, diagnostics.
 
-    loss = AutoencoderLoss(cfg.loss, family="kl")
-    total, logs = loss(images, out.reconstruction, step=step, posterior=out.posterior,
-                       last_layer=model.last_layer())
+    loss = AutoencoderLoss(cfg.loss, model.bottleneck)
+    out = model(images)
+    total, logs = loss(images, out, step, last_layer=model.last_layer())
     if loss.discriminator_active(step):
-        d_total, d_logs = loss(images, out.reconstruction, step=step, mode="discriminator")
+        d_total, d_logs = loss(images, out, step, mode="discriminator")
 """
 from latentae.losses.autoencoder_loss import AutoencoderLoss
 from latentae.losses.config import DiscConfig, KLConfig, LossConfig

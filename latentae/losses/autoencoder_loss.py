@@ -2,7 +2,8 @@
 
 Generator (mode="generator"):
   total = pixel_weight * rec + perceptual_weight * lpips          (the "reconstruction" part)
-        + kl.weight(step) * kl            (KL family)  |  + sum(quant.losses)   (VQ family, already weighted)
+        + kl.weight(step) * kl            (a Gaussian posterior)  |  + sum(output.bottleneck_losses)  (a quantizer's,
+                                                                                                 already weighted)
         + adaptive_weight * g_adv         (from disc.start on)
         + sum(weight * term) of the latent regularizers that are on (equivariance, scale_equivariance,
           latent_noise: latentae/losses/equivariance.py, latent_noise.py), each the same pixel + perceptual
@@ -51,11 +52,13 @@ from latentae.losses.discriminator import NLayerDiscriminator
 from latentae.losses.equivariance import (equivariance_loss, scale_equivariance_loss, strongest_downscaling,
                                           transformed_sizes)
 from latentae.losses.gan import LeCAMAnchors, discriminator_loss, generator_loss, lecam_penalty, r1_penalty
-from latentae.losses.kl import active_channels, kl_per_channel, kl_term, kl_weight
+from latentae.losses.kl import kl_term, kl_weight
 from latentae.losses.latent_noise import latent_noise_loss
 from latentae.losses.perceptual import MIN_SIZE, PerceptualLoss
 from latentae.losses.pixel import pixel_loss, reduce_elements
-from latentae.models.config import DETERMINISTIC
+from latentae.models.bottleneck import Bottleneck
+from latentae.models.output import AutoencoderOutput
+from latentae.models.posterior import GaussianPosterior, active_channels
 
 IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
 # LossConfig section (also the log key loss/<name>) -> term(reconstruction, decode, latent, images, cfg)
@@ -84,9 +87,9 @@ def without_buffer_updates(module: nn.Module, x: Tensor) -> Tensor:
 
 
 class AutoencoderLoss(nn.Module):
-    """loss(images, reconstruction, *, step, mode, posterior=None, quant=None, last_layer=None, latent=None,
-    decode=None, encoder_layer=None) -> (total, logs). `latent` and `decode` are needed when a latent regularizer
-    is on, `latent` and `encoder_layer` when loss.vf is (`latent_channels` at construction too).
+    """loss(images, output, step, *, mode, last_layer=None, decode=None, encoder_layer=None) -> (total, logs), with
+    `output` the model's AutoencoderOutput (the discriminator reads its reconstruction only). `decode` is needed
+    when a latent regularizer is on, `encoder_layer` when loss.vf is (`latent_channels` at construction too).
 
     Owns `discriminator` (train it with its own optimizer), `perceptual` (frozen LPIPS; None when
     perceptual_weight is 0) and `vf` (the VF alignment: frozen DINOv2 and a projection trained with the generator;
@@ -94,16 +97,14 @@ class AutoencoderLoss(nn.Module):
     discriminator.
     """
 
-    def __init__(self, cfg: LossConfig, family: str = "kl", micro_batches: int = 1,  # micro-batches per step
+    def __init__(self, cfg: LossConfig, bottleneck: Bottleneck | None = None,  # the model's (None: not checked)
+                 micro_batches: int = 1,  # micro-batches per step
                  latent_channels: int | None = None):  # channels of the decoded latent (loss.vf's projection)
         super().__init__()
-        if family not in ("kl", "vq", *DETERMINISTIC):
-            raise ValueError(f"family must be one of kl, vq, {', '.join(DETERMINISTIC)}, got {family!r}")
-        if family == "vq" and cfg.reduction == "sum":
+        if bottleneck is not None and bottleneck.tokenizes and cfg.reduction == "sum":
             raise ConfigError("config key 'loss.reduction': 'sum' would scale the reconstruction by C*H*W "
                               "against the quantizer's mean-reduced losses; VQ training needs 'mean'")
         self.cfg = cfg
-        self.family = family
         self.perceptual = (PerceptualLoss(cfg.perceptual_net, trunk_path=cfg.perceptual_trunk_path,
                                           random_init=cfg.perceptual_random_init)
                            if cfg.perceptual_weight > 0 else None)
@@ -130,35 +131,32 @@ class AutoencoderLoss(nn.Module):
     def forward(
         self,
         images: Tensor,  # [B, 3, H, W] in [-1, 1]
-        reconstruction: Tensor,  # same shape; detached here in discriminator mode
-        *,
+        output: AutoencoderOutput,  # the model's; its reconstruction is detached here in discriminator mode
         step: int,  # global optimizer step (schedules, disc start)
+        *,
         mode: str = "generator",  # generator | discriminator
-        posterior=None,  # KL family, generator mode: GaussianPosterior (mean, kl_per_channel())
-        quant=None,  # VQ family, generator mode: QuantizerOutput (losses already weighted, stats)
         last_layer: Tensor | None = None,  # decoder's last weight, for the adaptive weight
-        latent: Tensor | None = None,  # generator mode, latent regularizers: the latent that was decoded
-        decode: Callable[[Tensor], Tensor] | None = None,  # ... and the decoder (latent -> image), run again on it
+        decode: Callable[[Tensor], Tensor] | None = None,  # latent regularizers: the decoder (latent -> image), run
+        # again on output.latent
         encoder_layer: Tensor | None = None,  # loss.vf.adaptive: model.encoder_last_layer()
-        encoded: Tensor | None = None,  # distillation: the student encoder's latent, pulled towards `latent`
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         with torch.autocast(device_type=images.device.type, enabled=False):
             if mode == "generator":
-                return self._generator(images.float(), reconstruction.float(), step, posterior, quant, last_layer,
-                                       latent, decode, encoder_layer, encoded)
+                return self._generator(images.float(), output, step, last_layer, decode, encoder_layer)
             if mode == "discriminator":
-                return self._discriminator(images.detach().float(), reconstruction.detach().float(), step)
+                return self._discriminator(images.detach().float(), output.reconstruction.detach().float(), step)
         raise ValueError(f"mode must be 'generator' or 'discriminator', got {mode!r}")
 
     # generator ---------------------------------------------------------------------------------------------
 
-    def _generator(self, images, rec, step, posterior, quant, last_layer, latent, decode, encoder_layer, encoded):
+    def _generator(self, images, output: AutoencoderOutput, step, last_layer, decode, encoder_layer):
         cfg = self.cfg
         logs: dict[str, Tensor | float] = {}
+        rec, latent = output.reconstruction.float(), output.latent
         reconstruction = self._reconstruction(images, rec, logs)
-        total = reconstruction + self._bottleneck(step, posterior, quant, latent, logs)
-        if encoded is not None:  # TAESD-style distillation: the encoder learns the teacher's latent
-            distill = pixel_loss(latent.detach().float(), encoded.float(), kind="l2", reduction=cfg.reduction)
+        total = reconstruction + self._bottleneck(step, output, logs)
+        if output.encoded is not None:  # TAESD-style distillation: the encoder learns the teacher's latent
+            distill = pixel_loss(latent.detach().float(), output.encoded.float(), kind="l2", reduction=cfg.reduction)
             logs["loss/distill"] = distill.detach()
             total = total + cfg.distill_weight * distill
         regularizers = self._regularizers(images, latent, decode, logs)
@@ -166,7 +164,7 @@ class AutoencoderLoss(nn.Module):
             total = total + regularizers
         if self.vf is not None:
             if latent is None:
-                raise ValueError("loss.vf needs latent= (the decoded latent)")
+                raise ValueError("loss.vf needs the output's latent (the decoded latent)")
             total = total + self.vf(latent, images, reconstruction, encoder_layer, logs)
 
         if self.generator_adversarial_active(step):
@@ -205,7 +203,8 @@ class AutoencoderLoss(nn.Module):
         if not active:
             return None
         if latent is None or decode is None:
-            raise ValueError(f"loss.{active[0][0]} needs latent= (the decoded latent) and decode= (the decoder)")
+            raise ValueError(f"loss.{active[0][0]} needs the output's latent (the decoded latent) and decode= (the "
+                             "decoder)")
         self._check_perceptual_size(latent, images)
         total = None
         for name, cfg in active:
@@ -237,41 +236,37 @@ class AutoencoderLoss(nn.Module):
         logits = without_buffer_updates(self.discriminator, torch.cat([images.detach(), rec])).float()
         return logits[images.shape[0]:]
 
-    def _bottleneck(self, step, posterior, quant, latent, logs) -> Tensor:
-        """KL term (KL family) or the quantizer's losses (VQ family), with their diagnostics; nothing for the
-        deterministic families (dc, tiny, taesd), whose decoded `latent` is only logged."""
-        if self.family in DETERMINISTIC:
-            if latent is None:
-                raise ValueError(f"the {self.family} family's generator loss needs latent= (the decoded latent)")
-            bottleneck = latent.new_zeros((), dtype=torch.float32)
-        elif self.family == "kl":
-            if posterior is None:
-                raise ValueError("the KL family's generator loss needs posterior= (the model output's posterior)")
-            latent = posterior.mean
-            per_channel = kl_per_channel(posterior)
-            weight = kl_weight(self.cfg.kl, step)
-            term = kl_term(per_channel, spatial_size=latent.shape[-2] * latent.shape[-1],
-                           free_bits=self.cfg.kl.free_bits, reduction=self.cfg.reduction)
-            logs["loss/kl"] = term.detach()
-            logs["kl/weight"] = weight
-            for c, value in enumerate(per_channel.detach()):
-                logs[f"kl/channel_{c:02d}"] = value
-            logs["latent/active_channels"] = active_channels(per_channel.detach(), self.cfg.kl.active_threshold)
-            bottleneck = weight * term
+    def _bottleneck(self, step, output: AutoencoderOutput, logs) -> Tensor:
+        """The bottleneck's loss with its diagnostics, the same for every kind: a posterior's KL term (weighted by
+        the schedule here), plus the bottleneck's own weighted losses (a quantizer's), plus nothing; the statistics
+        of its latent are logged in every case."""
+        latent = output.bottleneck_latent
+        if output.posterior is not None:
+            bottleneck = self._kl(step, output.posterior, logs)
         else:
-            if quant is None:
-                raise ValueError("the VQ family's generator loss needs quant= (the model output's QuantizerOutput)")
-            latent = quant.quantized
             bottleneck = latent.new_zeros((), dtype=torch.float32)
-            for name, value in quant.losses.items():
-                logs[f"loss/{name}"] = value.detach().float()
-                bottleneck = bottleneck + value.float()
-            for name, value in quant.stats.items():
-                logs[f"codebook/{name}"] = value.detach().float() if torch.is_tensor(value) else value
+        for name, value in output.bottleneck_losses.items():
+            logs[f"loss/{name}"] = value.detach().float()
+            bottleneck = bottleneck + value.float()
+        for name, value in output.bottleneck_stats.items():
+            logs[name] = value.detach().float() if torch.is_tensor(value) else value
         latent = latent.detach().float()
         logs["latent/mean"] = latent.mean()
         logs["latent/std"] = latent.std()
         return bottleneck
+
+    def _kl(self, step, posterior: GaussianPosterior, logs) -> Tensor:
+        """kl.weight(step) x the KL term, logging the term, its weight and the per-channel KL."""
+        per_channel = posterior.kl_per_element()
+        weight = kl_weight(self.cfg.kl, step)
+        term = kl_term(per_channel, spatial_size=posterior.mean.shape[-2] * posterior.mean.shape[-1],
+                       free_bits=self.cfg.kl.free_bits, reduction=self.cfg.reduction)
+        logs["loss/kl"] = term.detach()
+        logs["kl/weight"] = weight
+        for c, value in enumerate(per_channel.detach()):
+            logs[f"kl/channel_{c:02d}"] = value
+        logs["latent/active_channels"] = active_channels(per_channel.detach(), self.cfg.kl.active_threshold)
+        return weight * term
 
     def _adversarial_weight(self, reconstruction: Tensor, g_adv: Tensor, last_layer: Tensor | None) -> Tensor:
         d = self.cfg.disc

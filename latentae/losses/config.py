@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from latentae.config import ConfigError
+from latentae.models.posterior import ACTIVE_THRESHOLD
 
 
 @dataclass
@@ -29,7 +30,8 @@ class KLConfig:
     anneal_steps: int = 10000  # linear: steps to ramp 0 -> weight; cyclical: length of one cycle
     cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent ramping up (Fu et al. 2019's R)
     free_bits: float = 0.0  # per-channel KL floor in nats per latent element; below it no KL gradient; 0 = off
-    active_threshold: float = 0.01  # a latent channel is "active" when its mean KL (nats/element) exceeds this
+    active_threshold: float = ACTIVE_THRESHOLD  # a latent channel is "active" when its mean KL (nats/element)
+    # exceeds this
 
     def __post_init__(self):
         if self.weight < 0:

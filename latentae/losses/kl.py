@@ -1,4 +1,5 @@
-"""KL term of the KL autoencoder: weight schedules, free bits, and posterior-collapse diagnostics.
+"""KL term of the KL autoencoder: weight schedules and free bits (the per-channel KL and the collapse diagnostic
+are the posterior's own: latentae/models/posterior.py).
 
 Per-channel KL is measured in nats per latent element: KL_c = mean over batch and H, W of
 KL(q(z_c|x) || N(0, 1)). Free bits (Kingma et al. 2016) floor each channel's batch-averaged KL at `free_bits`:
@@ -30,12 +31,6 @@ def kl_weight(cfg: KLConfig, step: int) -> float:
     raise ValueError(f"unknown KL schedule {cfg.schedule!r}")
 
 
-def kl_per_channel(posterior) -> Tensor:
-    """[C] KL per latent element of each channel, averaged over batch and space (nats)."""
-    height, width = posterior.mean.shape[-2:]
-    return posterior.kl_per_channel().float().mean(0) / (height * width)
-
-
 def kl_term(per_channel: Tensor, *, spatial_size: int, free_bits: float, reduction: str) -> Tensor:
     """The KL loss from per-channel KL [C] (nats/element) of a latent with `spatial_size` = H*W elements per
     channel, each channel floored at `free_bits`."""
@@ -46,7 +41,3 @@ def kl_term(per_channel: Tensor, *, spatial_size: int, free_bits: float, reducti
         return floored.mean()
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
-
-def active_channels(per_channel: Tensor, threshold: float) -> Tensor:
-    """How many channels carry information: mean KL above `threshold` (a collapsed channel has KL ~ 0)."""
-    return (per_channel > threshold).sum()

@@ -24,6 +24,7 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
+from latentae.models.bottleneck import GAUSSIAN, Bottleneck
 from latentae.models.output import AutoencoderOutput, posterior_forward
 from latentae.models.posterior import GaussianPosterior
 from latentae.models.wrapped import WrappedAutoencoder
@@ -45,8 +46,8 @@ class PosteriorAutoencoder(WrappedAutoencoder):
     """A diffusers autoencoder whose encode returns a `latent_dist`: encode -> posterior mean, forward decodes a
     sample (training) or the mean (evaluation), as KLAutoencoder."""
 
-    family = "kl"  # the KL term and KL statistics: what the loss and the evaluator key on
-    distills = False  # no forward(target=...): distillation students are deterministic
+    family = "kl"  # reported as a KL autoencoder: a Gaussian posterior, like KLAutoencoder's
+    bottleneck = GAUSSIAN
     frames = False  # a video autoencoder: images go in as one frame
     convention = "sd"  # the normalization its pipeline applies: `latentae stats --write`'s default --convention
     pipeline_latents = ("sample", "LDM and diffusers' SD-family training scripts encode posterior samples")
@@ -130,13 +131,13 @@ class RAEAutoencoder(WrappedAutoencoder):
 
     family = "rae"
     diffusers_class = AutoencoderRAE
-    distills = False
     channels_key = "encoder_hidden_size"
     # its encode applies latents_mean / latents_std / scaling_factor itself (buffers in its weights, which override
-    # config.json): the latents already are the diffusion model's, and a config write would change nothing
+    # config.json): the latents already are the diffusion model's, and a config write would change nothing; its
+    # encoder is a frozen representation model, so it learns no teacher's latents either
     normalizes_in_encode = True  # latent_norm: its pipeline-side normalization is the identity
-    normalized_by = ("its encode applies the latents_mean / latents_std buffers in its weights, which override "
-                     "config.json")
+    bottleneck = Bottleneck("deterministic", normalized_by=(
+        "its encode applies the latents_mean / latents_std buffers in its weights, which override config.json"))
 
     @property
     def downsample_factor(self) -> int:  # decoder patch: image_size / token grid side

@@ -9,6 +9,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from latentae.models.blocks import StandardBlocks, make_decoder, make_encoder
+from latentae.models.bottleneck import GAUSSIAN
 from latentae.models.output import AutoencoderOutput, posterior_forward
 from latentae.models.posterior import GaussianPosterior
 
@@ -21,6 +22,7 @@ class KLAutoencoder(StandardBlocks, ModelMixin, ConfigMixin):
     """
 
     family = "kl"
+    bottleneck = GAUSSIAN
     _supports_gradient_checkpointing = True
 
     @register_to_config

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+ACTIVE_THRESHOLD = 0.01  # nats per element: a channel whose mean KL is below carries (almost) no information
+
 
 class GaussianPosterior:
     """Built from the encoder's moments [B, 2C, H, W] exactly as diffusers' DiagonalGaussianDistribution
@@ -32,3 +34,13 @@ class GaussianPosterior:
     def kl(self) -> Tensor:
         """Per-sample KL summed over C, H, W: [B] (LDM's convention; divide by C*H*W for a mean)."""
         return self.kl_per_channel().sum(dim=1)
+
+    def kl_per_element(self) -> Tensor:
+        """[C] KL per latent element of each channel, averaged over batch and space (nats), fp32."""
+        height, width = self.mean.shape[-2:]
+        return self.kl_per_channel().float().mean(0) / (height * width)
+
+
+def active_channels(per_channel: Tensor, threshold: float = ACTIVE_THRESHOLD) -> Tensor:
+    """How many channels carry information: mean KL above `threshold` (a collapsed channel has KL ~ 0)."""
+    return (per_channel > threshold).sum()

@@ -17,6 +17,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from latentae.errors import ModelFormatError
+from latentae.models.bottleneck import Bottleneck
 from latentae.models.deterministic import deterministic_forward
 
 VARIANTS = ("taesd", "flux_2", "f32")
@@ -94,9 +95,9 @@ class TAESDAutoencoder(ModelMixin, ConfigMixin):
     """A TAESD-family autoencoder: deterministic latents in its teacher's diffusion latent space (scale 1)."""
 
     family = "taesd"
-    distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
     # already its teacher's diffusion latents: `stats --write` must not rescale them
-    normalized_by = "they are its teacher's: measured constants would normalize them twice"
+    bottleneck = Bottleneck("deterministic", distills=True,
+                            normalized_by="they are its teacher's: measured constants would normalize them twice")
 
     @register_to_config
     def __init__(self, latent_channels: int = 4, variant: str = "taesd", with_encoder: bool = True,

@@ -28,7 +28,7 @@ TILE_PX, OVERLAP_PX = 512, 128  # latentae's own tiling, in pixels (diffusers' A
 
 def evaluation_forward(model, images: Tensor) -> AutoencoderOutput:
     """The model's AutoencoderOutput as evaluation reconstructs: KL posteriors decode their mean."""
-    return model(images, sample_posterior=False) if hasattr(model, "posterior") else model(images)
+    return model(images, sample_posterior=False) if model.bottleneck.samples else model(images)
 
 
 def tiling_kind(model) -> str | None:
@@ -129,10 +129,10 @@ def tiled_forward(model, images: Tensor) -> AutoencoderOutput:
     def decode(latents):
         return tiled_map(model.decode, latents, TILE_PX // f, OVERLAP_PX // f, Fraction(f))
 
-    if model.family == "kl":  # the moments are blended, as diffusers' tiled_encode does
+    if model.bottleneck.samples:  # the moments are blended, as diffusers' tiled_encode does
         posterior = GaussianPosterior(encode(lambda t: torch.cat([(p := model.posterior(t)).mean, p.logvar], 1)))
         return AutoencoderOutput(reconstruction=decode(posterior.mean), posterior=posterior, latent=posterior.mean)
-    if model.family == "vq":  # codes are quantized after blending: a blend of two codes is no code
+    if model.bottleneck.tokenizes:  # codes are quantized after blending: a blend of two codes is no code
         quant = model.quantize(encode(lambda t: model.quant_conv(model.encoder(t))))
         return AutoencoderOutput(reconstruction=decode(quant.quantized), quant=quant, latent=quant.quantized)
     latents = encode(model.encode)

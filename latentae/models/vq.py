@@ -6,6 +6,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from latentae.models.blocks import StandardBlocks, make_decoder, make_encoder
+from latentae.models.bottleneck import CODEBOOK
 from latentae.models.output import AutoencoderOutput
 from latentae.quantizers import build_quantizer
 
@@ -14,6 +15,7 @@ class VQTokenizer(StandardBlocks, ModelMixin, ConfigMixin):
     """encoder -> quant_conv -> quantizer -> post_quant_conv -> decoder (diffusers VQModel's layout)."""
 
     family = "vq"
+    bottleneck = CODEBOOK
     _supports_gradient_checkpointing = True
 
     @register_to_config

@@ -16,6 +16,7 @@ from diffusers import AutoencoderDC, AutoencoderTiny
 from diffusers.configuration_utils import FrozenDict
 from torch import Tensor, nn
 
+from latentae.models.bottleneck import Bottleneck
 from latentae.models.deterministic import deterministic_forward
 from latentae.models.output import AutoencoderOutput
 
@@ -23,10 +24,8 @@ from latentae.models.output import AutoencoderOutput
 class WrappedAutoencoder(nn.Module):
     family: str  # "dc" | "tiny"
     diffusers_class: type
-    distills = True  # forward(images, target=...) trains it on a teacher's latents (latentae/trainer/teacher.py)
+    bottleneck = Bottleneck("deterministic", distills=True)
     has_encoder = True
-    # why its latents already are a diffusion model's (normalized) ones and get no measured constants; None: they do
-    normalized_by: str | None = None
     channels_key = "latent_channels"  # the config key holding the latent channels (Qwen-Image / Wan: z_dim)
 
     def __init__(self, vae: nn.Module | None = None, **config):
@@ -115,8 +114,9 @@ class TinyAutoencoder(WrappedAutoencoder):
 
     family = "tiny"
     diffusers_class = AutoencoderTiny
-    normalized_by = ("they are its teacher's, and pipelines still apply its config's scaling_factor / shift_factor: "
-                     "measured ones would normalize them twice")
+    bottleneck = Bottleneck("deterministic", distills=True, normalized_by=(
+        "they are its teacher's, and pipelines still apply its config's scaling_factor / shift_factor: measured ones "
+        "would normalize them twice"))
 
     @property
     def downsample_factor(self) -> int:  # every encoder block after the first downsamples by the scaling factor

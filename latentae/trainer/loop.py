@@ -116,7 +116,7 @@ class Run:
         self.model = make_model(cfg)
         check_adaptive_weight(self.model, cfg)
         channels = decoded_channels(self.model) if cfg.loss.vf.weight > 0 else None  # loss.vf's projection input
-        self.loss = AutoencoderLoss(cfg.loss, family=self.model.family, micro_batches=cfg.train.grad_accum,
+        self.loss = AutoencoderLoss(cfg.loss, self.model.bottleneck, micro_batches=cfg.train.grad_accum,
                                     latent_channels=channels).to(acc.device)  # loss.vf loads DINOv2: fails here
         self.teacher = Teacher(cfg.train.teacher, self.model, acc.device) if cfg.train.teacher else None
         self.ema = make_ema(self.model, cfg)
@@ -178,18 +178,15 @@ class Run:
             with acc.accumulate(*self.synchronized):
                 out = self.model_ddp(images, **({} if self.teacher is None else
                                                 {"target": self.teacher.targets(images)}))
-                g_total, g_logs = self.loss(images, out.reconstruction, step=step, mode="generator",
-                                            posterior=out.posterior, quant=out.quant,
-                                            last_layer=self.model.last_layer(), latent=out.latent,
-                                            decode=self.decode, encoder_layer=self.encoder_layer(),
-                                            encoded=out.encoded)
+                g_total, g_logs = self.loss(images, out, step, mode="generator", last_layer=self.model.last_layer(),
+                                            decode=self.decode, encoder_layer=self.encoder_layer())
                 finite = self._all_finite(g_total)
                 finite_window &= finite
                 # Every rank runs backward even on a non-finite loss (DDP expects it); the update is skipped.
                 acc.backward(g_total if finite else g_total * 0.0)
                 logs.update(g_logs)
                 if d_active and finite:
-                    d_total, d_logs = self.loss(images, out.reconstruction, step=step, mode="discriminator")
+                    d_total, d_logs = self.loss(images, out, step, mode="discriminator")
                     d_finite = self._all_finite(d_total)  # a NaN step must not reach D's weights either
                     finite_window &= d_finite
                     acc.backward(d_total if d_finite else d_total * 0.0)

@@ -18,12 +18,12 @@ class Teacher:
     def __init__(self, source: str, student, device: torch.device):
         from latentae.loading import load
 
-        if not getattr(student, "distills", False):
+        if not student.bottleneck.distills:
             raise ConfigError(f"config key 'train.teacher' distills into model.family dc / tiny, not "
                               f"{student.family}")
         self.model = load(source, device=device).requires_grad_(False).eval()
         self.source = source
-        if self.model.family == "vq":
+        if self.model.bottleneck.tokenizes:
             raise ConfigError(f"config key 'train.teacher': {source} is a tokenizer; distillation learns a continuous "
                               "latent space (a KL, FLUX.2, DC-AE or tiny teacher)")
         c = int(self.model.config["latent_channels"])
