@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from latentae.models.bottleneck import Bottleneck
 from latentae.models.deterministic import deterministic_forward
 
 
@@ -23,6 +24,7 @@ class Degenerate(nn.Module):
     """`kind` (see the module docstring) around `model` (a latentae KL / deterministic model)."""
 
     KINDS = ("constant", "mean-colour", "noise", "scaled")
+    bottleneck = Bottleneck("deterministic")  # whatever the model around which it is built
 
     def __init__(self, model, kind: str, *, factor: float = 20.0, seed: int = 0):
         super().__init__()
