@@ -1,5 +1,6 @@
 """Model families: KL autoencoder (also FLUX.2's), VQ tokenizer, DC-AE and tiny autoencoders in diffusers' layout, the
 TAESD family in its authors' layout, and the image VAEs of current pipelines (Qwen-Image, Wan, HunyuanImage, RAE)."""
+from latentae.models.bottleneck import Bottleneck
 from latentae.models.config import ModelConfig
 from latentae.models.image_vaes import (
     IMAGE_VAES,
@@ -27,5 +28,5 @@ def build_model(cfg: ModelConfig):
     return MODEL_CLASSES[cfg.family](**cfg.model_kwargs())
 
 
-__all__ = ["AutoencoderOutput", "GaussianPosterior", "KLAutoencoder", "ModelConfig", "VQTokenizer", "build_model",
-           "MODEL_CLASSES", "WRAPPED_CLASSES"]
+__all__ = ["AutoencoderOutput", "Bottleneck", "GaussianPosterior", "KLAutoencoder", "ModelConfig", "VQTokenizer",
+           "build_model", "MODEL_CLASSES", "WRAPPED_CLASSES"]

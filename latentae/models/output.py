@@ -32,10 +32,12 @@ class AutoencoderOutput:
 
     @property
     def bottleneck_latent(self) -> Tensor:
-        """The latent the bottleneck's statistics describe: a posterior's mean (not the sample drawn), else what
-        was decoded."""
+        """The latent the bottleneck's statistics describe: a posterior's mean (not the sample drawn), a quantizer's
+        codes, else what was decoded."""
         if self.posterior is not None:
             return self.posterior.mean
+        if self.quant is not None:
+            return self.quant.quantized
         if self.latent is None:
             raise ValueError("this AutoencoderOutput has no latent (the latent the decoder decoded)")
         return self.latent

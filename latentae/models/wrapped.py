@@ -5,7 +5,7 @@ current pipelines build on the same base (latentae/models/image_vaes.py).
 The diffusers module itself is held as `vae`, untouched: its state dict is the exported one (under `vae.`), and
 `save_pretrained` writes the directory its pipelines load. latentae's interface on top: `encode(images)` ->
 latents, `decode(latents)` -> images, `forward(images)` -> AutoencoderOutput (latent = the encoded latent,
-no posterior / quant), `config`, `family`, `downsample_factor`, `last_layer()`.
+no posterior / quant), `config`, `family`, `bottleneck`, `downsample_factor`, `last_layer()`.
 """
 from __future__ import annotations
 
