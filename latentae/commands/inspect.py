@@ -107,7 +107,8 @@ def _prior(model, args, resolution):
 
     samples = prior_samples(model, args.num, resolution=resolution, seed=args.seed, normalized=args.normalized)
     cols = math.ceil(math.sqrt(args.num))
-    what = "random tokens" if model.bottleneck.tokenizes else "N(0, I) in normalized space" if args.normalized else "N(0, I)"
+    what = ("random tokens" if model.bottleneck.tokenizes else "N(0, I) in normalized space" if args.normalized
+            else "N(0, I)")
     return image_grid([samples[i:i + cols] for i in range(0, len(samples), cols)],
                       title=f"decoded prior samples: {what}, seed {args.seed}"), []
 

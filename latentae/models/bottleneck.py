@@ -16,7 +16,8 @@ class Bottleneck:
 
     kind: Kind
     distills: bool = False  # forward(images, target=...) learns a teacher's latents (latentae/trainer/teacher.py)
-    # why its latents already are a diffusion model's (normalized) ones and get no measured constants; None: they are not
+    # why its latents already are a diffusion model's (normalized) ones and get no measured constants; None: they
+    # are not
     normalized_by: str | None = None
 
     def __post_init__(self):
