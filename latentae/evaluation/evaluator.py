@@ -32,7 +32,7 @@ from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_D
 from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fingerprint, extractor_identity,
                                            keys_fingerprint)
 from latentae.latents.options import DEFAULT_METRICS
-from latentae.models.config import DETERMINISTIC
+from latentae.models.families import DETERMINISTIC
 from latentae.models.tiling import (TILE_ABOVE_PIXELS, describe_tiling, evaluation_forward, tiled_forward,
                                     use_tiling)
 

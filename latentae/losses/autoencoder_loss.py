@@ -55,7 +55,7 @@ from latentae.losses.kl import active_channels, kl_per_channel, kl_term, kl_weig
 from latentae.losses.latent_noise import latent_noise_loss
 from latentae.losses.perceptual import MIN_SIZE, PerceptualLoss
 from latentae.losses.pixel import pixel_loss, reduce_elements
-from latentae.models.config import DETERMINISTIC
+from latentae.models.families import DETERMINISTIC
 
 IMAGE_CHANNELS = 3  # LPIPS and the discriminator take RGB
 # LossConfig section (also the log key loss/<name>) -> term(reconstruction, decode, latent, images, cfg)
