@@ -26,9 +26,11 @@ class ModelConfig:
         from latentae.models.families import FAMILIES, families_text
 
         family = data.get("family", "kl")
-        if family not in FAMILIES:
+        if not isinstance(family, str) or family not in FAMILIES:
             raise ConfigError(f"config key '{where}family': {family!r} is not a model family ({families_text()})")
         target = FAMILIES[family].config
+        if not issubclass(target, cls):
+            raise ConfigError(f"config key '{where}family': {family} is not described by {cls.__name__}")
         for key in data:
             takers = [name for name, f in FAMILIES.items() if key in config_keys(f.config)]
             if key not in config_keys(target) and takers:

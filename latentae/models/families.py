@@ -43,9 +43,8 @@ FAMILIES = {f.name: f for f in (
 WRAPPED_CLASSES = {f.model.diffusers_class.__name__: f.model for f in FAMILIES.values()
                    if issubclass(f.model, WrappedAutoencoder)}
 
-# the `family` the models themselves report (the image VAEs with a posterior report kl: what the loss and the
-# evaluator key on); deterministic: no posterior, no codebook (until the models describe their bottleneck)
-MODEL_FAMILIES = tuple(dict.fromkeys(f.model.family for f in FAMILIES.values()))
+# the `family` values (what models report: the image VAEs with a posterior report kl) of the models with no
+# posterior and no codebook; until the models describe their bottleneck themselves
 DETERMINISTIC = tuple(dict.fromkeys(f.model.family for f in FAMILIES.values()
                                     if not hasattr(f.model, "posterior") and not hasattr(f.model, "tokenize")))
 

@@ -17,6 +17,8 @@ def built_class(family: str) -> type:
 
 @dataclass
 class WrappedConfig(ModelConfig):
+    """A family whose model holds its class untouched (`vae`), built from that class's own keys."""
+
     family: str
     diffusers: dict = field(default_factory=dict)  # the keyword arguments of its class (its config.json keys)
 
