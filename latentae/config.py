@@ -85,6 +85,8 @@ def from_dict(cls: type, data: dict, where: str = ""):
     """Build dataclass `cls` from a plain dict; unknown keys and wrong types raise ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{where.rstrip('.') or cls.__name__}' must be a mapping, got {data!r}")
+    if hasattr(cls, "section_class"):  # a section whose keys depend on one of its values (model.family)
+        cls = cls.section_class(data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:

@@ -142,10 +142,22 @@ def to_diffusers(model):
     raise ModelFormatError(f"cannot convert {type(model).__name__} to diffusers")
 
 
-def _has_diffusers_form(model) -> bool:
+def _obstacle(model) -> str | None:
+    """Why no diffusers class computes the same function as `model` (None: one does, and export writes it)."""
     if isinstance(model, TAESDAutoencoder):
-        return model.tiny_obstacle is None
-    return isinstance(model, KLAutoencoder) or (model.config.get("quantizer") or {}).get("kind", "vq") in VQMODEL_KINDS
+        return model.tiny_obstacle and f"AutoencoderTiny cannot hold this TAESD model ({model.tiny_obstacle})"
+    if isinstance(model, KLAutoencoder):
+        config = model.config
+        decoder = config.get("decoder_block_out_channels")
+        if config.get("latent_norm") != "flux2" and decoder is not None and \
+                list(decoder) != list(config["block_out_channels"]):
+            return ("AutoencoderKL cannot hold this KL model (its decoder has the encoder's widths; "
+                    "decoder_block_out_channels takes latent_norm: flux2, AutoencoderKLFlux2)")
+        return None
+    if isinstance(model, VQTokenizer):
+        kind = (model.config.get("quantizer") or {}).get("kind", "vq")
+        return None if kind in VQMODEL_KINDS else f"VQModel has no {kind} quantizer"
+    return None  # a wrapped model holds its diffusers module
 
 
 def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Path:
@@ -158,15 +170,15 @@ def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Pa
     model = copy.deepcopy(model).float() if model.dtype != torch.float32 else model  # never cast the caller's model
     side = {"family": model.family, "metadata": metadata or {}}
     spec = model.config.get("quantizer") or {}
-    if _has_diffusers_form(model):
+    obstacle = _obstacle(model)
+    if obstacle is None:
         module = to_diffusers(model)
         side["format"] = type(module).__name__
         if isinstance(model, VQTokenizer):  # lookup and training options that a re-imported model keeps
             side["quantizer"] = {k: v for k, v in spec.items() if k in ("l2_normalize", "beta", "grad_estimator")}
     else:
-        if isinstance(model, TAESDAutoencoder):
-            print(f"export: AutoencoderTiny cannot hold this TAESD model ({model.tiny_obstacle}): written in "
-                  "latentae's format, which latentae.load opens", file=sys.stderr)
+        if not isinstance(model, VQTokenizer):  # the other quantizers' format is latentae's by design: no news
+            print(f"export: {obstacle}: written in latentae's format, which latentae.load opens", file=sys.stderr)
         module = model
         side["format"] = "latentae"
     module.save_pretrained(output_dir, safe_serialization=True)

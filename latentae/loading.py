@@ -59,7 +59,7 @@ def _from_kl(cls_name: str):
 
 
 # The one place that maps a diffusers class to the latentae model that runs it (an adapter per family): the
-# commands see only latentae models (family kl / vq / dc / tiny / rae), never diffusers classes.
+# commands see only latentae models (latentae/models/families.py), never diffusers classes.
 DIFFUSERS_ADAPTERS = {
     "AutoencoderKL": _from_kl("AutoencoderKL"),
     "AutoencoderKLFlux2": _from_kl("AutoencoderKLFlux2"),

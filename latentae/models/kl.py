@@ -44,7 +44,7 @@ class KLAutoencoder(StandardBlocks, ModelMixin, ConfigMixin):
         use_quant_conv: bool = True,
         use_post_quant_conv: bool = True,
         latent_norm: str | None = None,  # "flux2": AutoencoderKLFlux2's 2x2 patchify + batch-norm statistics (`bn`)
-        decoder_block_out_channels: tuple[int, ...] | None = None,  # flux2 only: a decoder wider than the encoder
+        decoder_block_out_channels: tuple[int, ...] | None = None,  # a decoder wider or narrower than the encoder
         batch_norm_eps: float = 1e-4,  # flux2 only: AutoencoderKLFlux2's bn
         batch_norm_momentum: float = 0.1,
         patch_size: tuple[int, int] = (2, 2),
