@@ -128,7 +128,7 @@ PY
 # ---------------------------------------------------------------------------------------- photos for encode
 PHOTOS="$DATA"
 if ! compgen -G "$DATA/bsds500/train/*.jpg" >/dev/null; then
-  PHOTOS="$WORK/photos"  # bench_encode reads DATA_ROOT/bsds500/train/*.jpg: procedural JPEGs stand in
+  PHOTOS="$WORK/photos"  # the encode benchmark reads DATA_ROOT/bsds500/train/*.jpg: procedural JPEGs stand in
   "$PY" - "$PHOTOS/bsds500/train" "$([ $DRY = 1 ] && echo 64 || echo 320)" "$([ $DRY = 1 ] && echo 4 || echo 96)" <<'PY'
 import sys
 from pathlib import Path

@@ -14,8 +14,7 @@ from latentae.evaluation.sharpness import high_frequency_ratio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_quality  # noqa: E402
-import quality_report  # noqa: E402
+from benchmarks.quality import claims, study  # noqa: E402
 
 
 def _photo_like(n=4, size=64, seed=0) -> torch.Tensor:
@@ -38,13 +37,13 @@ def test_high_frequency_ratio_orders_blur_identity_and_noise():
         high_frequency_ratio(images, images[:2])
 
 
-@pytest.mark.parametrize("budget", sorted(bench_quality.BUDGETS))
+@pytest.mark.parametrize("budget", sorted(study.BUDGETS))
 def test_every_configuration_of_every_budget_builds(budget, tmp_path):
     from latentae.models import build_model
 
-    for conf in bench_quality.CONFIGURATIONS:
-        cfg = bench_quality.run_config(conf, bench_quality.BUDGETS[budget], tmp_path / "data", tmp_path / conf.name)
-        assert cfg.data.resolution == bench_quality.BUDGETS[budget].resolution
+    for conf in study.CONFIGURATIONS:
+        cfg = study.run_config(conf, study.BUDGETS[budget], tmp_path / "data", tmp_path / conf.name)
+        assert cfg.data.resolution == study.BUDGETS[budget].resolution
         with torch.device("meta"):  # the 256-px models too, without allocating them
             model = build_model(cfg.model)
         assert model.family == conf.family
@@ -70,7 +69,7 @@ def test_findings_verdicts_follow_fixed_criteria():
         "kl-10-cyclical": _final(**kl, kl=0.1, active_channels=4),
         "kl-1e-6-gan": _final(**{**kl, "hf_ratio": 0.8}, kl=5.0, active_channels=4),
     }
-    rows = {line.split(" |")[0]: line for line in quality_report.findings_section(results)[2:]}
+    rows = {line.split(" |")[0]: line for line in claims.findings_section(results)[2:]}
     verdicts = {title.split(" (")[0].lstrip("| "): row.rsplit("|", 2)[1].strip() for title, row in rows.items()}
     assert verdicts["LlamaGen codebook"].startswith("**partly** (fails: 8-d l2 reconstructs better")
     assert verdicts["FSQ usage"] == "**reproduced**"
@@ -78,7 +77,7 @@ def test_findings_verdicts_follow_fixed_criteria():
     assert verdicts["posterior collapse"].startswith("**not reproduced** (fails: a constant weight collapses")
     results["kl-10"]["final"]["active_channels"] = 1  # collapse at weight 10: free bits keep more active, cycles not
     results["kl-10-cyclical"]["final"]["active_channels"] = 1
-    rows = quality_report.findings_section(results)[2:]
+    rows = claims.findings_section(results)[2:]
     collapse = next(row for row in rows if row.startswith("| posterior collapse"))
     assert collapse.rsplit("|", 2)[1].strip() == "**partly** (fails: cyclical keeps more channels active at weight 10)"
     assert verdicts["adversarial term"] == "**reproduced**"
@@ -99,7 +98,7 @@ def test_diffusability_verdicts_follow_fixed_criteria():
     psnr = {"kl-1e-6": 20.0, "kl-eq": 19.8, "kl-scale-eq": 19.7, "kl-latent-noise": 19.0}
     results = {n: {"what": n, "final": {"psnr": v, "ssim": 0.5}} for n, v in psnr.items()}
     rows = {row.split(" |")[0].lstrip("| "): row.rsplit("|", 2)[1].strip()
-            for row in quality_report.diffusability_section(results, probe) if row.startswith("| kl-")}
+            for row in claims.diffusability_section(results, probe) if row.startswith("| kl-")}
     assert rows == {"kl-1e-6": "-", "kl-eq": "**reproduced**",
                     "kl-scale-eq": "**partly** (fails: PSNR within 0.25 dB)",
                     "kl-latent-noise": "**partly** (fails: no probe warning; PSNR within 0.25 dB)"}
@@ -115,7 +114,7 @@ def test_smoke_budget_end_to_end_and_in_pieces(shared_data, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())["results"]
-    assert list(results) == [c.name for c in bench_quality.CONFIGURATIONS]
+    assert list(results) == [c.name for c in study.CONFIGURATIONS]
     for r in results.values():
         assert r["steps"] >= 1 and len(r["curve"]) >= 1 and 0 < r["final"]["psnr"] < 60
         assert r["final"]["n_images"] == 8  # 4 BSDS500 test + 4 Kodak crops, no training image
@@ -125,12 +124,20 @@ def test_smoke_budget_end_to_end_and_in_pieces(shared_data, tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the probe ran once on the saved models of the baseline and the diffusability rows, and its table is there
     probe = json.loads((out / "probe" / "report.json").read_text())
-    assert list(probe["models"]) == list(bench_quality.PROBED) and probe["budget"] == "smoke"
-    assert "## Diffusability (issue 12)" in report and "has not run" not in report
+    assert list(probe["models"]) == list(study.PROBED) and probe["budget"] == "smoke"
+    assert "## Diffusability regularizers" in report and "has not run" not in report
 
     first = (out / "runs" / "plain" / "result.json").stat().st_mtime_ns
     again = subprocess.run(cmd + ["--only", "plain"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "diffusability probe: reusing" in again.stdout  # the probed models' results did not change
     assert (out / "runs" / "plain" / "result.json").stat().st_mtime_ns > first
-    assert len(json.loads((out / "results.json").read_text())["results"]) == len(bench_quality.CONFIGURATIONS)
+    assert len(json.loads((out / "results.json").read_text())["results"]) == len(study.CONFIGURATIONS)
+
+
+def test_every_claim_names_a_measure_and_its_configurations():
+    """study.yaml is data the code reads: a claim's measure must exist, its configurations must be the study's."""
+    for claim in study.CLAIMS:
+        assert claim.measure in claims.MEASURES, claim.key
+        assert set(claim.configurations) <= set(study.BY_NAME), claim.key
+    assert set(study.DIFFUSABILITY.claims) <= set(study.PROBED[1:])

@@ -6,6 +6,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_every_benchmark_is_a_subcommand(monkeypatch):
+    """benchmark.py finds its subcommands in scripts/benchmarks/; the modules they share there are none."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import benchmark
+
+    names = ["batch", "data", "encode", "eval", "finetune", "quality", "tiling", "train"]
+    assert list(benchmark.subcommands()) == names
+
+
 def test_train_benchmark_runs_both_sides():
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "train", "--preset",
            str(ROOT / "configs" / "tiny-kl.yaml"), "--resolution", "32", "--steps", "2", "--warmup", "1",

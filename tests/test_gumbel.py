@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from quantizer_checks import check_low_precision
 
 from latentae.config import ConfigError
 from latentae.quantizers.gumbel import GumbelQuantizer
@@ -129,7 +128,3 @@ def test_stats_and_bad_arguments():
         gq(torch.randn(1, 3, 2, 2))
     with pytest.raises(ValueError, match=r"\[B, H, W\]"):
         gq.indices_to_codes(torch.zeros(6, dtype=torch.long))
-
-
-def test_low_precision_inputs_and_models():
-    check_low_precision(GumbelQuantizer(4, codebook_size=16, codebook_dim=3), 4)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gloo_ranks import run_gloo_ranks
-from quantizer_checks import check_export_round_trip, check_low_precision
+from test_quantizer_contract import check_export_round_trip, check_low_precision
 from latentae.quantizers import build_quantizer
 from latentae.quantizers.base import flatten_channels_last
 from latentae.quantizers.two_level import TwoLevelVQ, pair_tokens, split_tokens

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .paths import DATA_ROOT, ENTRY
+
 MODEL = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=32)
 
 
@@ -41,7 +43,7 @@ def child(image: str, size: int, tiling: str, threads: int, out: str) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", default=str(Path(__file__).resolve().parents[2] / "shared/data/kodak/kodim23.png"))
+    p.add_argument("--image", default=str(DATA_ROOT / "kodak" / "kodim23.png"))
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -53,13 +55,12 @@ def run(args) -> None:
         return child(args.image, args.size, args.child, args.threads, args.out)
     import numpy as np
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import load_average
 
     runs, recon = {}, {}
     for tiling in ("on", "off"):
         out = f"/tmp/bench_tiling_{tiling}.npy"
-        line = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "benchmark.py"), "tiling",
+        line = subprocess.run([sys.executable, str(ENTRY), "tiling",
                                "--child", tiling, "--out", out, "--image", args.image,
                                "--size", str(args.size), "--threads", str(args.threads)],
                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]

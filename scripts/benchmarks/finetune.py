@@ -20,16 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / ".." / "shared" / "models" / "taef2"
-DEFAULT_DATA = ROOT / ".." / "shared" / "data"
+from .loops import LatentaeLoop, primed_batches
+from .paths import DATA_ROOT, ROOT, SHARED
+
+DEFAULT_MODEL = SHARED / "models" / "taef2"
 PRESET = ROOT / "configs" / "taef2-decoder-finetune.yaml"
 AIM_GAIN_DB, AIM_KODAK_LOSS_DB = 1.5, 0.2
 
 
 def add_arguments(p):
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="a TAESD-family model (default: ../shared/models/taef2)")
-    p.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder holding kodak/ and bsds500/")
+    p.add_argument("--data-root", default=str(DATA_ROOT), help="folder holding kodak/ and bsds500/")
     p.add_argument("--output", help="data, runs and results.json (default: a temp dir, removed)")
     p.add_argument("--seconds", type=float, default=480, help="training wall time of each contender (default: 480)")
     p.add_argument("--resolution", type=int, default=128, help="training crop side (default: 128)")
@@ -102,21 +103,20 @@ def latent_space_kept(model, pretrained, sets: dict[str, list], latents: dict[st
 # ---------------------------------------------------------------------------------------------- contenders
 
 
-class PlainLoop:
+class PlainDecoderLoop:
     """The same network (latentae.load stands in for the authors' module), Adam on the decoder, MSE, fp32."""
 
     precision = "fp32"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, batches=primed_batches):
         import torch
-        from bench_quality import primed_batches
 
         from latentae.loading import load
 
         self.net = load(cfg.train.init_from).train()
         self.net.encoder.requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.decoder.parameters(), lr=cfg.train.lr)
-        self.batches = primed_batches(cfg)
+        self.batches = batches(cfg)
 
     def step(self, step: int) -> None:
         import torch
@@ -171,7 +171,6 @@ def run(args):
     import shutil
 
     import torch
-    from bench_quality import LatentaeLoop
     from machine import describe, load_average
     from text_pages import write_pages
 
@@ -197,7 +196,7 @@ def run(args):
     results = {"pretrained": {"metrics": measure(pretrained, sets, latents)}}
     print(f"pretrained, measured in {time.perf_counter() - t:.0f} s:\n{table(results)}", flush=True)
 
-    for name, kind in (("latentae", LatentaeLoop), ("plain", PlainLoop)):
+    for name, kind in (("latentae", LatentaeLoop), ("plain", PlainDecoderLoop)):
         torch.manual_seed(0)
         trainer = kind(config(args, name, train, out))
         print(f"[{name}] training {args.seconds:g} s ({trainer.precision}); load average {load_average()}", flush=True)

@@ -2,7 +2,7 @@
 
 One run, on this machine, for each of --resolutions (256 px center crops and native size by default) on the same
 photos (the first --images Kodak photos from ../shared/data, packed into shards): (1) the machine and its GEMM
-rates; (2) the plain loop: bench_encode's (diffusers `AutoencoderKL.from_pretrained`, fp32, webdataset +
+rates; (2) the plain loop: the encode benchmark's (diffusers `AutoencoderKL.from_pretrained`, fp32, webdataset +
 torchvision transforms, batches of 4 of one image size) reconstructing from the posterior mean, with torchmetrics'
 PSNR and SSIM in float32 per image and a per-image CSV written; (3) `latentae eval` (the CLI, in this process)
 with no option but --model, --data, --resolution and --output: its default precision (auto), metrics (PSNR,
@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench_encode import DEFAULT_ROOT, pack_shards, plain_batches, plain_vae
+from .encode import DEFAULT_ROOT, pack_shards, plain_batches, plain_vae
 
 STAGES = ("load", "read/decode", "model", "metrics", "statistics", "writing", "other")
 

@@ -4,8 +4,9 @@ each image's mean colour, pure noise) and a copy of it with latents divided by 2
 The degenerate models exist only in Python (latentae.probe.adversarial), so this script builds them around
 --model instead of loading them from directories.
 
-  python scripts/probe_adversarial.py --model runs/real/export --data '../shared/data/tiny-imagenet-64/tiny-{00000..00009}.tar' \\
-      --resolution 32 --output scripts/results/probe-adversarial
+  python scripts/benchmarks/probe_adversarial.py --model runs/real/export \\
+      --data '../shared/data/tiny-imagenet-64/tiny-{00000..00009}.tar' --resolution 32 \\
+      --output scripts/results/probe-adversarial
 """
 from __future__ import annotations
 

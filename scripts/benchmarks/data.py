@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from .paths import DATA_ROOT as DEFAULT_ROOT
+
 CASES = {  # name: (source relative to the data root, resolution)
     "bsds500": ("bsds500/train,bsds500/test", 256),
     "tiny-imagenet": ("tiny-imagenet-64/tiny-{00000..00009}.tar", 64),

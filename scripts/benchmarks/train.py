@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .loops import LatentaeLoop, PlainLoop
+from .paths import ENTRY, ROOT
+
 SIDES = ("plain", "ours")
-TARGET_SPEEDUP = 1.0  # issue 9: the defaults never slower than the plain loop, peak memory no higher
+TARGET_SPEEDUP = 1.0  # the defaults never slower than the plain loop, peak memory no higher
 MB = 2**20
 
 
@@ -110,131 +112,6 @@ def profile_table(step, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
 
 
-# ---------------------------------------------------------------------------------------------- our side
-
-
-class Ours:
-    def __init__(self, cfg, batches):
-        from latentae.trainer.loop import Run
-        from latentae.trainer.monitor import Monitor
-
-        self.run = Run(cfg)
-        self.monitor = Monitor(self.run.accelerator, start_step=0, max_steps=1, log_every=10**9,
-                               images_per_step=cfg.train.batch_size)
-        self.monitor.close()  # train_step only adds data-wait time to it; no progress bar
-        self.batches = batches
-        self.step_index = 0
-
-    def step(self):
-        logs = self.run.train_step(self.batches, self.step_index, self.monitor)
-        if "adaptive_weight" not in logs or "loss/disc_total" not in logs:
-            raise RuntimeError("our step ran without the adaptive adversarial term or the discriminator update")
-        self.step_index += 1
-
-    def state_bytes(self) -> int:
-        run = self.run
-        optimizers = [getattr(o, "optimizer", o) for o in (run.opt_g, run.opt_d)]
-        return state_bytes([run.model, run.loss], optimizers)  # run.loss holds LPIPS and the discriminator
-
-
-# ---------------------------------------------------------------------------------------------- plain side
-
-
-class Plain:
-    """The fp32 loop a user of the diffusers example would write (same losses and weights as the preset)."""
-
-    def __init__(self, cfg, batches):
-        import lpips
-        import torch
-        from diffusers import AutoencoderKL
-
-        from latentae.losses import NLayerDiscriminator
-        from latentae.models import build_model
-
-        loss, m = cfg.loss, cfg.model
-        unsupported = {
-            "model.family": m.family != "kl", "loss.disc.loss": loss.disc.loss != "hinge",
-            "loss.disc.adaptive": not loss.disc.adaptive, "loss.kl.schedule": loss.kl.schedule != "constant",
-            "loss.kl.free_bits": loss.kl.free_bits != 0, "loss.disc.lecam_weight": loss.disc.lecam_weight > 0,
-            "loss.disc.r1_weight": loss.disc.r1_weight > 0, "loss.perceptual_net": loss.perceptual_net != "vgg",
-            "train.ema_decay": cfg.train.ema_decay is not None, "train.init_from": bool(cfg.train.init_from)}
-        bad = [k for k, v in unsupported.items() if v]
-        if bad:
-            raise SystemExit(f"the plain AutoencoderKL baseline implements the sd-kl-f8 recipe only; the preset sets "
-                             f"{', '.join(bad)} differently")
-        torch.manual_seed(cfg.seed)  # the same initial weights as Run(cfg) builds
-        ours = build_model(cfg.model)
-        n = len(m.block_out_channels)
-        self.vae = AutoencoderKL(
-            in_channels=m.in_channels, out_channels=m.out_channels, block_out_channels=tuple(m.block_out_channels),
-            down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-            layers_per_block=m.layers_per_block, latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
-            mid_block_add_attention=m.mid_block_add_attention, sample_size=m.sample_size,
-            use_quant_conv=m.use_quant_conv, use_post_quant_conv=m.use_post_quant_conv)
-        self.vae.load_state_dict(ours.state_dict())  # strict: the layouts must match
-        del ours
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Run(cfg) trains
-        self.vae.to(self.device).train()
-        self.lpips = (lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).to(self.device).eval()
-                      .requires_grad_(False) if loss.perceptual_weight > 0 else None)
-        d = loss.disc
-        self.disc = NLayerDiscriminator(3, channels=d.channels, layers=d.layers, norm=d.norm).to(self.device).train()
-        t = cfg.train
-        self.opt_g = torch.optim.AdamW(self.vae.parameters(), lr=t.lr, betas=tuple(t.betas),
-                                       weight_decay=t.weight_decay)
-        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=t.disc_lr or t.lr,
-                                       betas=tuple(t.disc_betas or t.betas), weight_decay=t.weight_decay)
-        self.cfg, self.batches = cfg, batches
-
-    def _reduce(self, per_element):
-        if self.cfg.loss.reduction == "sum":  # LDM: sum over C, H, W, mean over the batch
-            return per_element.sum() / per_element.shape[0]
-        return per_element.mean()
-
-    def step(self):
-        import torch
-        import torch.nn.functional as F
-
-        loss, t = self.cfg.loss, self.cfg.train
-        images = next(self.batches)["image"].to(self.device)
-        posterior = self.vae.encode(images).latent_dist
-        rec = self.vae.decode(posterior.sample()).sample
-        diff = rec - images
-        per_element = loss.pixel_weight * (diff.abs() if loss.pixel_loss == "l1" else diff.square())
-        if self.lpips is not None:  # LDM: each image's LPIPS ([B, 1, 1, 1]) added to each of its pixel terms
-            per_element = per_element + loss.perceptual_weight * self.lpips(rec, images)
-        nll = self._reduce(per_element)
-        kl = posterior.kl().mean()
-        if loss.reduction == "mean":
-            kl = kl / posterior.mean[0].numel()
-        self.disc.requires_grad_(False)  # the generator's adversarial term must not fill D's .grad
-        g_adv = -self.disc(rec).mean()
-        last = self.vae.decoder.conv_out.weight
-        (nll_grad,) = torch.autograd.grad(nll, last, retain_graph=True)
-        (adv_grad,) = torch.autograd.grad(g_adv, last, retain_graph=True)
-        adaptive = (nll_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0, loss.disc.adaptive_max).detach()
-        total = nll + loss.kl.weight * kl + loss.disc.weight * adaptive * g_adv
-        self.opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        self.disc.requires_grad_(True)
-        logits_real, logits_fake = self.disc(torch.cat([images, rec.detach()])).split(images.shape[0])
-        d_loss = 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if t.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), t.grad_clip)
-        if t.disc_grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), t.disc_grad_clip)
-        self.opt_g.step()
-        self.opt_d.step()
-        if not (torch.isfinite(total) and torch.isfinite(d_loss)):
-            raise RuntimeError("plain loop: non-finite loss")
-
-    def state_bytes(self) -> int:
-        modules = [self.vae, self.disc] + ([] if self.lpips is None else [self.lpips])
-        return state_bytes(modules, [self.opt_g, self.opt_d])
-
-
 # ---------------------------------------------------------------------------------------------- one side
 
 
@@ -245,31 +122,33 @@ def worker(args) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         cfg = run_config(args, out)
-        side = (Ours if args.worker == "ours" else Plain)(cfg, image_batches(args))
+        side = (LatentaeLoop if args.worker == "ours" else PlainLoop)(cfg, lambda _: image_batches(args))
         rss_setup = rss_bytes()
         times, cpu_times = [], []
         sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None  # GPU work is asynchronous
-        for _ in range(args.warmup + args.steps):
+        for step in range(args.warmup + args.steps):
             t, c = time.perf_counter(), time.process_time()
-            side.step()
+            logs = side.step(step)
             sync()
+            if args.worker == "ours" and ("adaptive_weight" not in logs or "loss/disc_total" not in logs):
+                raise RuntimeError("our step ran without the adaptive adversarial term or the discriminator update")
             times.append(time.perf_counter() - t)
             cpu_times.append(time.process_time() - c)
         result = {
             "side": args.worker, "first_step_s": times[0], "times": times[args.warmup:],
             "cpu_times": cpu_times[args.warmup:],
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
-            "rss_setup": rss_setup, "state_bytes": side.state_bytes(), "threads": torch.get_num_threads(),
-            "precision": cfg.train.mixed_precision if args.worker == "ours" else "fp32",  # after auto resolved
+            "rss_setup": rss_setup, "state_bytes": state_bytes(*side.state()), "threads": torch.get_num_threads(),
+            "precision": side.precision,  # after auto resolved
         }
         if args.profile:
-            result["profile"] = profile_table(side.step, args.profile)
+            result["profile"] = profile_table(lambda: side.step(args.warmup + args.steps), args.profile)
         print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 
 def spawn(args, side: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).with_name("benchmark.py")), "train", "--worker", side,
+    cmd = [sys.executable, str(ENTRY), "train", "--worker", side,
            "--preset", args.preset, "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
            "--profile", str(args.profile), "--ours", *args.ours]

@@ -15,13 +15,12 @@ and, when that is bf16, the relative error of its latent means against fp32 ones
 """
 from __future__ import annotations
 
-import os
 import shlex
 import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from .paths import DATA_ROOT as DEFAULT_ROOT
 
 
 def add_arguments(p):
