@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentae.losses import AutoencoderLoss, DiscConfig, LossConfig
-from latentae.models import MODEL_CLASSES, AutoencoderOutput, GaussianPosterior
+from latentae.models import FAMILIES, AutoencoderOutput, GaussianPosterior
 from latentae.models.bottleneck import Bottleneck
 from latentae.quantizers.base import QuantizerOutput
 
@@ -20,9 +20,9 @@ EXPECTED = {"kl": ("gaussian", False, False), "vq": ("codebook", False, False), 
             "hunyuanimage": ("gaussian", False, False), "rae": ("deterministic", False, True)}
 
 
-@pytest.mark.parametrize("family", sorted(MODEL_CLASSES))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_model_class_describes_its_bottleneck_and_has_what_it_says(family):
-    cls = MODEL_CLASSES[family]
+    cls = FAMILIES[family].model
     b = cls.bottleneck
     assert isinstance(b, Bottleneck)
     assert (b.kind, b.distills, b.normalized_by is not None) == EXPECTED[family]
