@@ -29,7 +29,7 @@ VQMODEL_KINDS = ("vq", "simvq")  # nearest-code lookup in one codebook: what VQM
 _DIFFUSERS_INTERNAL = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
 
-def _arch(config) -> dict:
+def _standard_blocks(config) -> dict:
     n = len(config["block_out_channels"])
     return dict(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                 act_fn="silu")
@@ -37,7 +37,7 @@ def _arch(config) -> dict:
 
 def _check_standard_blocks(config, cls_name: str) -> None:
     n = len(config["block_out_channels"])
-    expected = _arch(config)
+    expected = _standard_blocks(config)
     for key in ("down_block_types", "up_block_types", "act_fn"):
         value = config.get(key, expected[key])
         value = tuple(value) if isinstance(value, list) else value
@@ -48,7 +48,7 @@ def _check_standard_blocks(config, cls_name: str) -> None:
         raise ModelFormatError(f"{cls_name} with norm_type={config['norm_type']!r} (MoVQ) is not supported")
 
 
-def _fold(outer: nn.Conv2d | None, inner: nn.Linear | None, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+def _fused_1x1(outer: nn.Conv2d | None, inner: nn.Linear | None, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
     """Weight and bias of one 1x1 conv computing outer(conv(x)) or conv(inner(x)) (Linear on channels)."""
     w, b = conv.weight[:, :, 0, 0], conv.bias
     if outer is not None:  # linear after conv: W_o (W x + b) + b_o
@@ -72,9 +72,9 @@ def kl_to_diffusers(model: KLAutoencoder) -> AutoencoderKL | AutoencoderKLFlux2:
     """AutoencoderKL, or AutoencoderKLFlux2 (with its `bn` statistics) for latent_norm: flux2."""
     config = {k: v for k, v in model.config.items() if k not in _DIFFUSERS_INTERNAL}
     if config.get("latent_norm") == "flux2":
-        vae = AutoencoderKLFlux2(**_init_kwargs(AutoencoderKLFlux2, config), **_arch(config))
+        vae = AutoencoderKLFlux2(**_init_kwargs(AutoencoderKLFlux2, config), **_standard_blocks(config))
     else:
-        vae = AutoencoderKL(**{k: v for k, v in config.items() if k not in _FLUX2_ONLY}, **_arch(config))
+        vae = AutoencoderKL(**{k: v for k, v in config.items() if k not in _FLUX2_ONLY}, **_standard_blocks(config))
     vae.load_state_dict(model.state_dict(), strict=True)
     return vae
 
@@ -99,7 +99,7 @@ def vq_to_diffusers(model: VQTokenizer) -> VQModel:
                                "export writes latentae's own format for it")
     q = model.quantize
     config = {k: v for k, v in model.config.items() if k not in _DIFFUSERS_INTERNAL + ("quantizer", "vq_embed_dim")}
-    vq = VQModel(**config, **_arch(config), num_vq_embeddings=q.codebook_size,
+    vq = VQModel(**config, **_standard_blocks(config), num_vq_embeddings=q.codebook_size,
                  vq_embed_dim=q.embedding.weight.shape[1], norm_type="group", lookup_from_codebook=True)
     state = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
     with torch.no_grad():
@@ -107,8 +107,10 @@ def vq_to_diffusers(model: VQTokenizer) -> VQModel:
         proj_out = getattr(q, "project_out", None)
         proj_in = proj_in if isinstance(proj_in, nn.Linear) else None
         proj_out = proj_out if isinstance(proj_out, nn.Linear) else None
-        state["quant_conv.weight"], state["quant_conv.bias"] = _fold(proj_in, None, model.quant_conv)
-        state["post_quant_conv.weight"], state["post_quant_conv.bias"] = _fold(None, proj_out, model.post_quant_conv)
+        fused_in = _fused_1x1(proj_in, None, model.quant_conv)
+        fused_out = _fused_1x1(None, proj_out, model.post_quant_conv)
+        state["quant_conv.weight"], state["quant_conv.bias"] = fused_in
+        state["post_quant_conv.weight"], state["post_quant_conv.bias"] = fused_out
         state["quantize.embedding.weight"] = q.codebook().detach().clone()
     vq.load_state_dict(state, strict=True)
     return vq

@@ -23,8 +23,8 @@ from latentae.models.taesd_files import find_taesd, load_taesd
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
-_OURS = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer, TAESDAutoencoder)}  # wrapped models save
-# their diffusers class
+_LATENTAE_SAVED = {cls.__name__: cls for cls in (KLAutoencoder, VQTokenizer, TAESDAutoencoder)}  # classes saved as
+# themselves (_class_name); wrapped models save their diffusers class
 
 
 def model_dir(path: Path) -> Path:
@@ -67,7 +67,7 @@ DIFFUSERS_ADAPTERS = {
     **{name: cls.from_pretrained for name, cls in WRAPPED_CLASSES.items()},
 }
 SUPPORTED = (f"latentae.load opens diffusers {', '.join(DIFFUSERS_ADAPTERS)} directories (standard VAE blocks for "
-             f"the KL and VQ classes; a pipeline directory's vae/ or vqvae/), latentae exports ({', '.join(_OURS)}), "
+             f"the KL and VQ classes; a pipeline directory's vae/ or vqvae/), latentae exports ({', '.join(_LATENTAE_SAVED)}), "
              "LDM/taming .ckpt/.safetensors files and TAESD-family <name>_encoder / <name>_decoder "
              "(.safetensors/.pth) files")
 
@@ -79,7 +79,7 @@ def _load_dir(path: Path):
     except json.JSONDecodeError as e:
         raise ModelFormatError(f"{path / 'config.json'} is not valid JSON: {e}") from None
     name = config.get("_class_name")
-    if name not in (*DIFFUSERS_ADAPTERS, *_OURS):
+    if name not in (*DIFFUSERS_ADAPTERS, *_LATENTAE_SAVED):
         if isinstance(name, str) and _is_diffusers_autoencoder(name):
             raise ModelFormatError(f"{path} holds a diffusers {name}, an autoencoder latentae does not support: "
                                    f"{SUPPORTED}")
@@ -87,8 +87,8 @@ def _load_dir(path: Path):
                                f"{SUPPORTED}")
     if not any((path / f).is_file() for f in _WEIGHT_FILES):
         raise ModelFormatError(f"{path} has config.json but no weights: put {_WEIGHT_FILES[0]} beside it")
-    if name in _OURS:
-        return _OURS[name].from_pretrained(path)
+    if name in _LATENTAE_SAVED:
+        return _LATENTAE_SAVED[name].from_pretrained(path)
     return DIFFUSERS_ADAPTERS[name](path)
 
 

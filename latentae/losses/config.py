@@ -169,7 +169,8 @@ class LossConfig:
     equivariance: EquivarianceConfig = field(default_factory=EquivarianceConfig)
     scale_equivariance: ScaleEquivarianceConfig = field(default_factory=ScaleEquivarianceConfig)
     latent_noise: LatentNoiseConfig = field(default_factory=LatentNoiseConfig)
-    vf: VFConfig = field(default_factory=VFConfig)  # VA-VAE's DINOv2 alignment (latentae/losses/alignment.py)
+    vf: VFConfig = field(default_factory=VFConfig)  # "vision foundation" alignment: VA-VAE's DINOv2 term (its
+    # name in the paper and its configs; latentae/losses/alignment.py)
 
     def __post_init__(self):
         for name in ("pixel_weight", "perceptual_weight", "distill_weight"):

@@ -12,5 +12,5 @@ from latentae.models.vq import VQTokenizer
 from latentae.models.vq_config import VQConfig
 from latentae.models.wrapped_config import WrappedConfig
 
-__all__ = ["AutoencoderOutput", "Bottleneck", "FAMILIES", "GaussianPosterior", "KLAutoencoder", "KLConfig", "ModelConfig",
-           "VQConfig", "VQTokenizer", "WRAPPED_CLASSES", "WrappedConfig", "build_model", "config_of"]
+__all__ = ["AutoencoderOutput", "Bottleneck", "FAMILIES", "GaussianPosterior", "KLAutoencoder", "KLConfig",
+           "ModelConfig", "VQConfig", "VQTokenizer", "WRAPPED_CLASSES", "WrappedConfig", "build_model", "config_of"]
