@@ -19,21 +19,6 @@ from latentae.config import ConfigError
 from latentae.errors import LatentaeError
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse reports the option name on ValueError)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentae",

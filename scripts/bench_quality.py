@@ -267,7 +267,7 @@ def run_config(conf: Configuration, budget: Budget, data_root: Path, run_dir: Pa
     """The RunConfig of `conf`: the family's base written as run_dir/study.yaml, then the dot-list overrides."""
     import yaml
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
 
     run_dir.mkdir(parents=True, exist_ok=True)
     base = run_dir / "study.yaml"
@@ -281,7 +281,7 @@ def run_config(conf: Configuration, budget: Budget, data_root: Path, run_dir: Pa
 def primed_batches(cfg):
     """latentae's training batches for `cfg` with the first one already fetched: the loader's worker start-up and
     first shuffle-buffer fill stay off the training clock (the same for every trainer)."""
-    from latentae.data.reader import train_loader
+    from latentae.data.train_stream import train_loader
 
     batches = iter(train_loader(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed))
     return itertools.chain([next(batches)], batches)
@@ -293,17 +293,13 @@ class LatentaeLoop:
 
     def __init__(self, cfg):
         from latentae.trainer.loop import Run
-        from latentae.trainer.monitor import Monitor
 
         self.run = Run(cfg)  # resolves train.mixed_precision: auto
-        acc = self.run.accelerator
-        self.monitor = Monitor(acc, start_step=0, max_steps=1, log_every=10**9, images_per_step=cfg.train.batch_size)
-        self.monitor.close()  # train_step only adds data-wait time to it; no progress bar
         self.batches = primed_batches(cfg)
-        self.precision = cfg.train.mixed_precision
+        self.precision = self.run.placement.precision
 
     def step(self, step: int) -> None:
-        self.run.train_step(self.batches, step, self.monitor)
+        self.run.train_step(self.batches, step)
 
     def model(self):
         return self.run.export_model()
@@ -375,7 +371,7 @@ class HeldOut:
     training resolution), per-set PSNR / SSIM from its per-image values, and the sharpness statistic."""
 
     def __init__(self, cfg, budget: Budget, data_root: Path):
-        from latentae.data.reader import eval_loader
+        from latentae.data.eval_stream import eval_loader
 
         sets = heldout_sets(budget, data_root)
         self.sets = [(label, {s.key for s in sources}) for label, sources in sets]
@@ -561,7 +557,7 @@ def diffusability_probe(out: Path, budget: Budget, data_root: Path, results: dic
         if report.get("study") == study:
             print(f"diffusability probe: reusing {path} ({', '.join(names)})")
             return report
-    from latentae.latents.runtime import default_device
+    from latentae.runtime import default_device
     from latentae.loading import load
 
     device = default_device()

@@ -59,7 +59,7 @@ def add_arguments(p):
 
 def run_config(args, output_dir: str):
     """The preset with the benchmark's settings; both sides read their architecture and loss from it."""
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
 
     common = [f"output_dir={output_dir}", f"data.resolution={args.resolution}", f"train.batch_size={args.batch_size}",
               "train.grad_accum=1", "loss.perceptual_random_init=true",
@@ -116,17 +116,13 @@ def profile_table(step, rows: int) -> str:
 class Ours:
     def __init__(self, cfg, batches):
         from latentae.trainer.loop import Run
-        from latentae.trainer.monitor import Monitor
 
         self.run = Run(cfg)
-        self.monitor = Monitor(self.run.accelerator, start_step=0, max_steps=1, log_every=10**9,
-                               images_per_step=cfg.train.batch_size)
-        self.monitor.close()  # train_step only adds data-wait time to it; no progress bar
         self.batches = batches
         self.step_index = 0
 
     def step(self):
-        logs = self.run.train_step(self.batches, self.step_index, self.monitor)
+        logs = self.run.train_step(self.batches, self.step_index).logs
         if "adaptive_weight" not in logs or "loss/disc_total" not in logs:
             raise RuntimeError("our step ran without the adaptive adversarial term or the discriminator update")
         self.step_index += 1

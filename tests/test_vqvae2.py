@@ -167,7 +167,7 @@ def test_training_run_logs_both_levels_and_exports(tmp_path, demo_images):
 
     import latentae
     from conftest import tiny_run_overrides
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     overrides = tiny_run_overrides(tmp_path, demo_images, "train.max_steps=2", "loss.disc.weight=0",

@@ -22,8 +22,8 @@ HELP = "latent-space figures: interpolation, arithmetic, prior samples, KL, code
 
 
 def add_arguments(p):
-    from latentae.cli import positive_int
     from latentae.inspect import SCORES
+    from latentae.options import positive_int
 
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from latentae.evaluation.gather import all_reduce_sum
+from latentae.distributed import all_reduce_sum
 from latentae.losses.config import KLConfig
 from latentae.losses.kl import active_channels, kl_per_channel
 from latentae.models import GaussianPosterior
