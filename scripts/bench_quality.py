@@ -557,8 +557,8 @@ def diffusability_probe(out: Path, budget: Budget, data_root: Path, results: dic
         if report.get("study") == study:
             print(f"diffusability probe: reusing {path} ({', '.join(names)})")
             return report
-    from latentae.runtime import default_device
     from latentae.loading import load
+    from latentae.runtime import default_device
 
     device = default_device()
     models = {n: load(out / "runs" / n / "model", device=device) for n in names}

