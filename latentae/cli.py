@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from latentae.threads import follow_free_cpus
+
+    follow_free_cpus()
     try:
         return int(args._run(args) or 0)
     except (LatentaeError, ConfigError) as e:

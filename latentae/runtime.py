@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from latentae.errors import LatentaeError
 from latentae.options import PRECISIONS
 from latentae.precision import resolve_precision
-from latentae.threads import use_free_cpus
+from latentae.threads import settle
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,9 +57,9 @@ class Placement:
 def resolve(*, device: str | torch.device | None = None, precision: str = "auto",
             channels_last: bool = False) -> Placement:
     """The placement for a requested device (None: CUDA when available), precision (auto: see latentae.precision,
-    printed once per process with its reason) and memory format; the thread count is chosen at the first call
+    printed once per process with its reason) and memory format; the thread count is settled at the first call
     (see latentae.threads)."""
-    threads = use_free_cpus()  # first: the precision cache is keyed by the thread count
+    threads = settle()  # first: the precision cache is keyed by the thread count
     device = torch.device(device) if device is not None else default_device()
     return Placement(device, resolve_precision(precision, device=device, channels_last=channels_last),
                      channels_last, threads)

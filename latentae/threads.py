@@ -5,12 +5,13 @@ core another process holds, and OpenMP's threads spin while they wait. On 2 core
 single-threaded processes the quickstart's training ran 1.08 it/s on 2 threads against 1.87 on 1; idle, 2 threads
 are the faster (BENCHMARKS.md, "Threads on a shared machine"). So the default is the CPUs this process may use
 (its affinity) less those other processes keep busy, measured over a short window of /proc/stat, split between
-the processes of this machine's launch; never more than the count torch has (its default, or what the program
-set), never fewer than 1. The count is chosen once per process, when its first model is placed
-(latentae.runtime.resolve): a load that comes later is not followed.
+the processes of this machine's launch; never more than torch's default, never fewer than 1. The count is chosen
+once per process, when its first model is placed (latentae.runtime.resolve): a load that comes later is not
+followed.
 
-With OMP_NUM_THREADS set (as a distributed launch sets it) torch's count is kept; else `LATENTAE_THREADS=N`
-fixes it.
+The `latentae` command and train/train.py choose so (`follow_free_cpus`); a program that imports latentae keeps
+the count it set. With OMP_NUM_THREADS set (as a distributed launch sets it) torch's count is kept; else
+`LATENTAE_THREADS=N` fixes it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ ENV = "LATENTAE_THREADS"
 WINDOW_S = 0.1  # long enough for 10 clock ticks per CPU, short enough to go unnoticed at start
 
 _chosen: list[int] = []  # this process's choice, once made
+_follow: list[bool] = []  # set by follow_free_cpus
 
 
 def usable_cpus() -> list[int]:
@@ -72,16 +74,21 @@ def choose(current: int) -> tuple[int, str]:
         f", {launched} processes of this launch" if launched > 1 else "")
 
 
-def use_free_cpus() -> int:
-    """Set torch's thread count to `choose`'s, once per process (later calls return it); says so on stderr when
-    that lowers it."""
-    if not _chosen:
-        import torch
+def follow_free_cpus() -> None:
+    """Let this process's thread count follow the free CPUs (for entry points, before their first model)."""
+    _follow[:] = [True]
 
+
+def settle() -> int:
+    """Torch's thread count, after follow_free_cpus set to `choose`'s at the first call (said on stderr when that
+    lowers it); else as the program left it."""
+    import torch
+
+    if _follow and not _chosen:
         current = torch.get_num_threads()
         threads, reason = choose(current)
         torch.set_num_threads(threads)
         _chosen.append(threads)
         if threads < current and os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"threads: {threads} of {current} ({reason})", file=sys.stderr, flush=True)
-    return _chosen[0]
+    return torch.get_num_threads()

@@ -49,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentae.config import ConfigError
     from latentae.errors import LatentaeError
+    from latentae.threads import follow_free_cpus
 
     parser = argparse.ArgumentParser(prog="train/train.py", description=HELP)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    follow_free_cpus()
     try:
         return run(args)
     except (LatentaeError, ConfigError) as e:

@@ -121,7 +121,7 @@ def save_config(cfg: RunConfig, accelerator, resolved: dict) -> None:
 
 
 @dataclass
-class Step:
+class StepReport:
     """What one optimizer step reports: its logs (losses, gradient norms, learning rates) and its timings."""
     logs: dict = field(default_factory=dict)
     data_wait_s: float = 0.0  # waiting for the batches
@@ -178,14 +178,14 @@ class Run:
         acc.init_trackers("tensorboard")
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, batches, step: int) -> Step:
+    def train_step(self, batches, step: int) -> StepReport:
         acc, cfg = self.accelerator, self.cfg.train
         factor = lr_factor(step, cfg)
         set_lr(self.opt_g, cfg.lr * factor)
         set_lr(self.opt_d, disc_lr(cfg) * factor)
         d_active = self.loss.discriminator_active(step)
         finite_window = True
-        report = Step()
+        report = StepReport()
         logs = report.logs
         for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
