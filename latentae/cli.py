@@ -19,21 +19,6 @@ from latentae.config import ConfigError
 from latentae.errors import LatentaeError
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse reports the option name on ValueError)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentae",
@@ -56,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from latentae.threads import follow_free_cpus
+
+    follow_free_cpus()
     try:
         return int(args._run(args) or 0)
     except (LatentaeError, ConfigError) as e:

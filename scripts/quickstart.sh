@@ -8,7 +8,7 @@
 # no adversarial term (loss.disc.weight=0): on a model this young the GAN phase only lowers PSNR and SSIM (it
 # sharpens converged reconstructions, hundreds of thousands of steps into the real presets); and
 # train.export=best, so the export holds the best validation's weights whatever the last steps did.
-# On a machine other jobs keep busy, OMP_NUM_THREADS=1 is faster than torch's default of one thread per core.
+# On a machine other jobs keep busy, training takes only the cores they leave free (latentae/threads.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

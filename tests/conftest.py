@@ -13,6 +13,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # `precision: auto` (the commands' and train.mixed_precision's default) resolves to fp32 without measuring, so no
 # result depends on the machine's bf16 speed (subprocesses inherit it; tests/test_precision.py lifts it)
 os.environ["LATENTAE_AUTO_PRECISION"] = "fp32"
+# and the thread count is fixed, not taken from the CPUs other processes leave free (latentae.threads)
+os.environ["LATENTAE_THREADS"] = str(min(2, os.cpu_count() or 1))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -11,11 +11,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_run_overrides  # noqa: E402
 
-from latentae.data.reader import train_loader  # noqa: E402
+from latentae.data.train_stream import train_loader  # noqa: E402
 from latentae.trainer import checkpoint  # noqa: E402
-from latentae.trainer.cli import load_run_config  # noqa: E402
+from latentae.trainer.config import load_run_config  # noqa: E402
 from latentae.trainer.loop import Run  # noqa: E402
-from latentae.trainer.monitor import Monitor  # noqa: E402
 
 out_dir, images, verdict_dir = sys.argv[1:4]
 preset = str(Path(__file__).resolve().parents[1] / "configs" / "tiny-kl.yaml")
@@ -44,11 +43,10 @@ acc, rank = run.accelerator, run.accelerator.process_index
 cfg = run.cfg
 batches = iter(train_loader(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed, rank=rank,
                             world_size=acc.num_processes))
-monitor = Monitor(acc, start_step=0, max_steps=cfg.train.max_steps, log_every=1, images_per_step=1)
 report = {"world_size": acc.num_processes, "steps": []}
 for step in range(cfg.train.max_steps):
     before_g, before_d = generator(run), flat(run.loss.discriminator)
-    run.train_step(batches, step, monitor)
+    run.train_step(batches, step)
     run.state.step = step + 1
     g, d = generator(run), flat(run.loss.discriminator)
     keys = run.last_images[0][:, :, :4, :4].reshape(-1)[:16].contiguous()

@@ -262,7 +262,7 @@ def _draw_rates(spec: str, world_size: int, per_rank: int) -> tuple[dict[str, fl
     """Raw samples drawn by each of `world_size` simulated ranks (`per_rank` each: ranks yield equally many per
     step), through the real rank split and source choice: (draws per sample of each shard, shards per rank),
     shards named "folder/file"."""
-    from latentae.data.reader import _Switch
+    from latentae.data.train_stream import _Switch
 
     def name(url: str) -> str:
         return f"{Path(url).parent.name}/{Path(url).name}"

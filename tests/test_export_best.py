@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_run_overrides
 from latentae.config import ConfigError
-from latentae.trainer.cli import load_run_config
+from latentae.trainer.config import load_run_config
 from latentae.trainer.loop import Run
 
 PRESET = str(Path(__file__).resolve().parents[1] / "configs" / "tiny-kl.yaml")

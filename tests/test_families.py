@@ -171,7 +171,7 @@ def test_flux2_decoder_finetune_keeps_the_encoder_and_statistics(tmp_path, demo_
                                                "train.max_steps=2", "train.checkpoint_every=100", "train.ema_decay=null",
                                                "loss.perceptual_weight=0")
                  if not o.startswith(("model.", "loss.disc."))]
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     Run(load_run_config(str(tmp_path / "ft.yaml"), overrides)).fit()
@@ -185,7 +185,7 @@ def test_flux2_decoder_finetune_keeps_the_encoder_and_statistics(tmp_path, demo_
 def test_flux2_preset_trains_from_scratch_and_exports_flux2(tmp_path, demo_images):
     from diffusers import AutoencoderKLFlux2
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     overrides = tiny_run_overrides(tmp_path, demo_images, "train.max_steps=2", "model.latent_channels=8",
@@ -212,7 +212,7 @@ def test_tiny_distillation_learns_the_teachers_latents(tmp_path, demo_images):
     the export is an AutoencoderTiny whose encoder gives the trained student's latents."""
     from diffusers import AutoencoderTiny
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     FAMILIES["kl"]().save_pretrained(tmp_path / "teacher")
@@ -240,7 +240,7 @@ def test_tiny_distillation_learns_the_teachers_latents(tmp_path, demo_images):
 
 def test_distillation_checks_the_latent_shapes(tmp_path, demo_images):
     from latentae.config import ConfigError
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     FAMILIES["flux2"]().save_pretrained(tmp_path / "teacher")  # 8 channels -> 32 patchified at f4
@@ -257,7 +257,7 @@ def test_dc_config_keys_pass_through_and_train(tmp_path, demo_images):
     from diffusers import AutoencoderDC
 
     from latentae.config import ConfigError
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     keys = ("model.diffusers={latent_channels: 8, attention_head_dim: 8, encoder_block_types: [ResBlock, "
@@ -317,7 +317,7 @@ def test_tiny_decoder_finetune_from_a_diffusers_dir_keeps_the_encoder(tmp_path, 
     train.trainable=[vae.decoder]: the exported AutoencoderTiny has the same encoder, a moved decoder."""
     from diffusers import AutoencoderTiny
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     vae = FAMILIES["tiny"]()
@@ -376,7 +376,7 @@ def test_deterministic_families_stats_of_their_encoded_latents_and_checkpointing
 
 def test_teachers_that_cannot_distill_are_refused(tmp_path, demo_images):
     from latentae.config import ConfigError
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     FAMILIES["kl"]().save_pretrained(tmp_path / "teacher")

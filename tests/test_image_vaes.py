@@ -152,7 +152,7 @@ def test_qwenimage_decoder_finetune_keeps_the_encoder(tmp_path, demo_images):
     the same class with encoder and quant_conv bit-identical, a moved decoder."""
     from diffusers import AutoencoderKLQwenImage
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     vae = IMAGE_VAES["qwenimage"]()

@@ -9,9 +9,9 @@ from test_encode import RES, image_bytes, tiny_kl
 from latentae.cli import main
 from latentae.data import load_image
 from latentae.exporting import export
-from latentae.inspect import (anomaly_scores, bar_chart, code_counts, interpolate, kl_per_channel, lerp,
+from latentae.inspection import (anomaly_scores, bar_chart, code_counts, interpolate, kl_per_channel, lerp,
                               prior_samples, slerp)
-from latentae.inspect.diagnostics import batches
+from latentae.inspection.diagnostics import batches
 from latentae.models import VQTokenizer
 
 

@@ -291,8 +291,7 @@ def test_config_errors_name_the_key(override, message):
 
 def test_frozen_encoder_layer_with_adaptive_vf_is_a_config_error(tmp_path, demo_images):
     """Decoder-only fine-tuning leaves no gradient at the encoder's last layer: the adaptive weight cannot work."""
-    from latentae.trainer.cli import load_run_config
-    from latentae.trainer.loop import check_adaptive_weight
+    from latentae.trainer.config import check_adaptive_weight, load_run_config
     from latentae.trainer.optim import select_trainable
 
     cfg = load_run_config(PRESET, tiny_run_overrides(tmp_path, demo_images, "loss.vf.weight=0.1"))
@@ -312,7 +311,7 @@ def test_run_logs_vf_resumes_the_projection_exactly_and_exports_a_plain_autoenco
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     def config(out, *extra):

@@ -206,7 +206,7 @@ def test_tiny_run_logs_each_term(tmp_path, demo_images):
     """Two steps of the tiny KL model with all three terms on: each shows up as train/loss/<name>."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     cfg = load_run_config(PRESET, tiny_run_overrides(

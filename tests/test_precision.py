@@ -153,8 +153,7 @@ def test_real_measurement_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_configs_accept_auto_and_default_to_it(tmp_path):
     from latentae.config import ConfigError
-    from latentae.trainer.cli import load_run_config
-    from latentae.trainer.config import TrainConfig
+    from latentae.trainer.config import TrainConfig, load_run_config
 
     assert TrainConfig().mixed_precision == "auto"
     tiny = str(precision.Path(__file__).resolve().parents[1] / "configs" / "tiny-kl.yaml")
@@ -168,14 +167,17 @@ def test_configs_accept_auto_and_default_to_it(tmp_path):
 def test_trainer_resolves_auto(tmp_path, monkeypatch, forced):
     from accelerate.state import AcceleratorState, GradientState
 
+    from latentae.runtime import resolve
     from latentae.trainer.config import RunConfig
     from latentae.trainer.loop import make_accelerator
 
     monkeypatch.setenv(precision.ENV_FORCE, forced)
+    monkeypatch.setattr(precision, "_chosen", {})
     cfg = RunConfig(output_dir=str(tmp_path))
     try:
-        acc = make_accelerator(cfg)
-        assert cfg.train.mixed_precision == forced  # the saved config.yaml records the choice
+        placement = resolve(precision=cfg.train.mixed_precision, channels_last=cfg.train.channels_last)
+        acc = make_accelerator(cfg, placement.precision)
+        assert placement.precision == forced and cfg.train.mixed_precision == "auto"  # the config stays as given
         assert acc.mixed_precision == {"fp32": "no"}.get(forced, forced)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -205,8 +207,8 @@ def test_encode_records_the_resolved_precision(tmp_path, monkeypatch, forced):
 
 def test_runtime_and_commands_default_to_auto_and_batch_4(monkeypatch):
     from latentae.cli import build_parser
-    from latentae.latents.options import DEFAULT_BATCH_SIZE
-    from latentae.latents.runtime import Runtime
+    from latentae.options import DEFAULT_BATCH_SIZE
+    from latentae.runtime import Runtime
 
     monkeypatch.setenv(precision.ENV_FORCE, "bf16")
     monkeypatch.setattr(precision, "_chosen", {})

@@ -7,8 +7,8 @@ import torch
 from conftest import assert_close_across_kernels, tiny_run_overrides, weight_layers
 from latentae.losses import AutoencoderLoss
 from latentae.models import build_model
-from latentae.trainer.cli import load_run_config
-from latentae.trainer.loop import Run
+from latentae.trainer.config import load_run_config
+from latentae.trainer.loop import Run, make_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -31,10 +31,11 @@ def test_preset_loads_and_builds(name, tmp_path):
         KLAutoencoder(block_out_channels=(32, 32), norm_num_groups=8, layers_per_block=1).save_pretrained(tmp_path)
         extra = [f"train.init_from={tmp_path}"]
     cfg = load_run_config(str(CONFIGS / f"{name}.yaml"), REQUIRED + extra)
-    assert cfg.train.max_steps == 7 and cfg.data.resolution == 128 and cfg.model.sample_size == 128
+    assert cfg.train.max_steps == 7 and cfg.data.resolution == 128
     assert cfg.loss.perceptual_weight == 0 and cfg.train.resume == "auto"
     if not cfg.train.init_from:
-        model = build_model(cfg.model)
+        model = make_model(cfg)
+        assert model.config.get("sample_size", 128) == 128  # the training resolution, never written into cfg.model
         loss = AutoencoderLoss(cfg.loss, model.bottleneck)
         assert loss.discriminator is not None
 

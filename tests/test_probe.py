@@ -52,7 +52,7 @@ def test_deterministic_for_a_seed(demo_images):
 def photos(shared_data, n, skip=0):
     """n Tiny ImageNet photos at 32 px, [-1, 1], after the first `skip` of shard 3 (the probe reads shard 0)."""
     from latentae.data.config import DataConfig
-    from latentae.data.reader import eval_loader
+    from latentae.data.eval_stream import eval_loader
 
     loader = eval_loader(DataConfig(val=str(shared_data / "tiny-imagenet-64" / "tiny-00003.tar"), resolution=32,
                                     num_workers=0), batch_size=64)

@@ -200,7 +200,7 @@ def _taesd_config(tmp_path, demo_images, *extra):
 
 
 def test_decoder_finetune_keeps_the_encoder_and_exports_the_same_format(tmp_path, demo_images):
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     ref = write_taesd(tmp_path / "pretrained", "taef2", latent_channels=32, variant="flux_2")
@@ -220,7 +220,7 @@ def test_taesd_distills_as_student_and_teaches(tmp_path, demo_images):
     """A TAESD model trains as a student (model.family taesd) of a tiny teacher, and is itself a teacher."""
     from diffusers import AutoencoderTiny
 
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     torch.manual_seed(0)

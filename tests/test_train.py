@@ -14,7 +14,7 @@ from conftest import tiny_run_overrides
 from latentae.config import ConfigError
 from latentae.errors import LatentaeError
 from latentae.trainer import checkpoint
-from latentae.trainer.cli import load_run_config
+from latentae.trainer.config import load_run_config
 from latentae.trainer.loop import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,33 @@ def test_bf16_autocast_keeps_fp32_weights(tmp_path, demo_images):
     assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())
 
 
+def test_resolved_values_are_recorded_beside_the_config(tmp_path, demo_images, monkeypatch):
+    """config.yaml holds the config as given (auto stays auto, model.sample_size as written); resolved.yaml what the
+    run settled; validation runs in the run's precision."""
+    import yaml
+
+    import latentae.evaluation
+    from latentae import precision
+
+    monkeypatch.setenv(precision.ENV_FORCE, "bf16")
+    monkeypatch.setattr(precision, "_chosen", {})
+    seen = []
+    real = latentae.evaluation.evaluate
+    monkeypatch.setattr(latentae.evaluation, "evaluate", lambda *a, **kw: seen.append(kw["precision"]) or real(*a, **kw))
+    overrides = [o for o in tiny_run_overrides(tmp_path, demo_images, "train.max_steps=1", f"data.val={demo_images}",
+                                               "eval.max_images=4", "eval.metrics=[psnr]")
+                 if o != "train.mixed_precision=fp32"]
+    run = Run(load_run_config(PRESET, overrides))
+    run.fit()
+    given = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    resolved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert given["train"]["mixed_precision"] == "auto" and run.cfg.train.mixed_precision == "auto"
+    assert given["model"]["sample_size"] == 256 and resolved["model"] == {"sample_size": 32}
+    assert resolved["train"]["mixed_precision"] == "bf16" == run.placement.precision
+    assert resolved["runtime"]["threads"] == torch.get_num_threads()
+    assert seen == ["bf16"]
+
+
 def test_decoder_only_finetune_from_diffusers_dir(tmp_path, demo_images):
     from diffusers import AutoencoderKL
 
@@ -154,9 +181,9 @@ def test_nan_losses_skipped_counted_then_stop(tmp_path, demo_images, monkeypatch
     snapshots = []
     original_step = run.train_step
 
-    def recording(batches, step, monitor):
+    def recording(batches, step):
         snapshots.append(run.model.decoder.conv_out.weight.detach().clone())
-        return original_step(batches, step, monitor)
+        return original_step(batches, step)
 
     run.train_step = recording
     run.fit()

@@ -150,7 +150,7 @@ def test_evaluation_counts_a_top_token_once_in_bits_per_pixel():
 
 
 def test_prior_samples_use_valid_pair_tokens():
-    from latentae.inspect.latent_space import prior_samples
+    from latentae.inspection.latent_space import prior_samples
     from latentae.models import VQTokenizer
 
     torch.manual_seed(0)
@@ -167,7 +167,7 @@ def test_training_run_logs_both_levels_and_exports(tmp_path, demo_images):
 
     import latentae
     from conftest import tiny_run_overrides
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
     from latentae.trainer.loop import Run
 
     overrides = tiny_run_overrides(tmp_path, demo_images, "train.max_steps=2", "loss.disc.weight=0",

@@ -9,8 +9,7 @@ HELP = "decode latent / token shards back to PNG images"
 
 
 def add_arguments(p):
-    from latentae.cli import positive_int
-    from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
+    from latentae.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS, positive_int
 
     p.add_argument("--model", required=True, help="the model that encoded the latents")
     p.add_argument("--latents", required=True, help="latentae encode output: folder, shard pattern or tar")
@@ -25,8 +24,8 @@ def add_arguments(p):
 
 def run(args):
     from latentae.latents.decode import save_decoded
-    from latentae.latents.runtime import default_device
     from latentae.loading import load
+    from latentae.runtime import default_device
 
     model = load(args.model)
     written, skipped = save_decoded(model, args.latents, args.output, progress=not args.quiet,

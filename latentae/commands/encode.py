@@ -24,8 +24,7 @@ counts) at the end.
 import os
 import sys
 
-from latentae.cli import positive_int
-from latentae.latents.options import resolution_or_native
+from latentae.options import positive_int, resolution_or_native
 
 HELP = "encode a dataset into latent / token shards (resumable, multi-rank)"
 
@@ -33,7 +32,7 @@ HELP = "encode a dataset into latent / token shards (resumable, multi-rank)"
 def add_common_arguments(p):
     """Options shared with `latentae stats` (which encodes on the fly)."""
     from latentae.data.config import DEFAULT_MAX_PIXELS
-    from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
+    from latentae.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
 
     p.add_argument("--model", required=True, help="export / diffusers directory or LDM checkpoint")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per forward "
@@ -55,7 +54,7 @@ def add_common_arguments(p):
 
 
 def add_arguments(p):
-    from latentae.latents.options import STORAGE_DTYPES, STORE_CHOICES
+    from latentae.options import STORAGE_DTYPES, STORE_CHOICES
 
     add_common_arguments(p)
     p.add_argument("--data", required=True, help="shard pattern (data-{00000..00099}.tar), tar, pipe: URL, image "
@@ -78,11 +77,11 @@ def add_arguments(p):
 
 def run(args):
     from latentae.data.sources import expand_sources
+    from latentae.distributed import launch
     from latentae.errors import LatentaeError
     from latentae.latents.encode import encode_dataset, write_manifest
-    from latentae.latents.runtime import launch
     from latentae.loading import load
-    from latentae.precision import resolve_precision
+    from latentae.runtime import resolve
 
     expand_sources(args.data)  # a missing or empty dataset fails before the model loads
     model = load(args.model)
@@ -94,7 +93,7 @@ def run(args):
     report = encode_dataset(
         model, args.data, args.output, batch_size=args.batch_size, resolution=args.resolution,
         store=args.store or ("both" if model.bottleneck.samples else "mean"), storage_dtype=args.dtype,
-        precision=resolve_precision(args.precision, device=where.device, channels_last=args.channels_last),
+        precision=resolve(device=where.device, precision=args.precision, channels_last=args.channels_last).precision,
         channels_last=args.channels_last, device=where.device, workers=max(0, args.workers),
         images_per_shard=args.images_per_shard, seed=args.seed or 0, max_pixels=args.max_pixels,
         small_images=args.small_images, rank=where.rank, world_size=where.world_size, overwrite=args.overwrite,

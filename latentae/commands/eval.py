@@ -32,9 +32,8 @@ into --output, and prints the Markdown table. Runs on every process under torchr
 import math
 from pathlib import Path
 
-from latentae.cli import positive_int, non_negative_int
-from latentae.latents.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, FID_PROTOCOLS, IMAGE_METRICS, NATIVE,
-                                      TILE_ABOVE_PIXELS, TILING, resolution_or_native)
+from latentae.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, FID_PROTOCOLS, IMAGE_METRICS, NATIVE,
+                              TILE_ABOVE_PIXELS, TILING, non_negative_int, positive_int, resolution_or_native)
 
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
 
@@ -42,7 +41,7 @@ COMPARED = "the reconstruction is compared with that same crop, both rounded to 
 
 
 def add_arguments(p):
-    from latentae.latents.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
+    from latentae.options import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PRECISIONS
 
     p.add_argument("--model", required=True, action="append", help="model directory or LDM checkpoint file; "
                    "repeat it to compare models side by side on the same images (one table, one grid)")
@@ -113,7 +112,7 @@ def run(args):
     from latentae.evaluation.evaluator import check_metrics
     from latentae.evaluation.reference import load_reference, save_reference
     from latentae.loading import load
-    from latentae.precision import resolve_precision
+    from latentae.runtime import resolve
 
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -130,11 +129,11 @@ def run(args):
         return eval_loader(cfg, batch_size=args.batch_size, rank=rank, world_size=world_size, source=args.data,
                            native_multiple=factor if native else None)
 
-    bf16 = resolve_precision(args.precision, device=accelerator.device) == "bf16"
+    precision = resolve(device=accelerator.device, precision=args.precision).precision
     crop = crop_description(args.resolution, factor)
     stats = Path(args.reference_stats) if args.reference_stats else None
     reference = load_reference(stats) if stats is not None and stats.exists() else None
-    results = evaluate_many(models, loader(), metrics=metrics, lpips_net=args.lpips_net, bf16=bf16,
+    results = evaluate_many(models, loader(), metrics=metrics, lpips_net=args.lpips_net, precision=precision,
                             max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data,
                             data_protocol=crop, fid_reference=reference, tiling=args.tiling,
                             fid_feature=args.fid_protocol)
@@ -152,7 +151,7 @@ def run(args):
             if len(paths) == 1:
                 print(markdown(result, setup))
         if len(paths) > 1:
-            written += _compare(models, results, loader, bf16, output, base, paths)
+            written += _compare(models, results, loader, precision, output, base, paths)
         computed = next(iter(results.values())).fid_reference
         if computed is not None and reference is None:  # the same for every model: the real side ran once
             written.append(save_reference(computed, stats or output / "fid-reference.npz"))
@@ -161,13 +160,14 @@ def run(args):
     return 0
 
 
-def _compare(models, results, loader, bf16, output, setup, paths):
+def _compare(models, results, loader, precision, output, setup, paths):
     """The side-by-side table and grid; timings on the first batch (main process, every model alike)."""
     from latentae.evaluation.compare import comparison_markdown, comparison_rows, speed_and_shape, write_comparison
 
     device = next(next(iter(models.values())).parameters()).device
     first = next(iter(loader(rank=0, world_size=1)))["image"].to(device)
-    speeds = {name: {"family": m.family, **speed_and_shape(m, first, bf16=bf16)} for name, m in models.items()}
+    speeds = {name: {"family": m.family, **speed_and_shape(m, first, precision=precision)}
+              for name, m in models.items()}
     setup = {"models": ", ".join(f"{n} = {p}" for n, p in zip(models, paths)), **setup}
     written = write_comparison(results, speeds, output, setup)
     print(comparison_markdown(comparison_rows(results, speeds), setup))

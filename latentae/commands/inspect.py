@@ -22,8 +22,8 @@ HELP = "latent-space figures: interpolation, arithmetic, prior samples, KL, code
 
 
 def add_arguments(p):
-    from latentae.cli import positive_int
-    from latentae.inspect import SCORES
+    from latentae.inspection import SCORES
+    from latentae.options import positive_int
 
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
 
@@ -83,7 +83,7 @@ def _images(paths, resolution):
 
 
 def _interpolate(model, args, resolution):
-    from latentae.inspect import image_grid, interpolate
+    from latentae.inspection import image_grid, interpolate
 
     paths = interpolate(model, *_images(args.images, resolution), steps=args.steps)
     ts = [f"t={i / (args.steps - 1):.2f}" for i in range(args.steps)]
@@ -92,7 +92,7 @@ def _interpolate(model, args, resolution):
 
 
 def _arithmetic(model, args, resolution):
-    from latentae.inspect import arithmetic, image_grid
+    from latentae.inspection import arithmetic, image_grid
 
     images = _images(args.images, resolution)
     out = arithmetic(model, *images)
@@ -103,7 +103,7 @@ def _arithmetic(model, args, resolution):
 def _prior(model, args, resolution):
     import math
 
-    from latentae.inspect import image_grid, prior_samples
+    from latentae.inspection import image_grid, prior_samples
 
     samples = prior_samples(model, args.num, resolution=resolution, seed=args.seed, normalized=args.normalized)
     cols = math.ceil(math.sqrt(args.num))
@@ -114,7 +114,7 @@ def _prior(model, args, resolution):
 
 
 def _kl(model, args, resolution):
-    from latentae.inspect import bar_chart, kl_per_channel
+    from latentae.inspection import bar_chart, kl_per_channel
 
     kl, n = kl_per_channel(model, args.data, resolution=resolution, batch_size=args.batch_size)
     lines = [f"channel {c}: KL {v:.4g} nats" for c, v in enumerate(kl.tolist())]
@@ -125,7 +125,7 @@ def _kl(model, args, resolution):
 def _codebook(model, args, resolution):
     import torch
 
-    from latentae.inspect import bar_chart, code_counts, stack_vertically
+    from latentae.inspection import bar_chart, code_counts, stack_vertically
     from latentae.quantizers.base import code_distribution_stats
 
     counts = code_counts(model, args.data, resolution=resolution, batch_size=args.batch_size)
@@ -146,7 +146,7 @@ def _codebook(model, args, resolution):
 
 
 def _anomaly(model, args, resolution):
-    from latentae.inspect import anomaly_scores, image_grid
+    from latentae.inspection import anomaly_scores, image_grid
 
     score = args.score or ("elbo" if model.bottleneck.samples else "recon")
     ranked = anomaly_scores(model, args.data, score=score, resolution=resolution, batch_size=args.batch_size,

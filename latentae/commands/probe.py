@@ -24,8 +24,7 @@ HELP = ("diffusability probe: train the same small DiT on each model's latents a
 
 
 def add_arguments(p):
-    from latentae.cli import non_negative_int, positive_int
-    from latentae.latents.options import PROBE_BUDGETS, PROBE_NORMALIZATIONS
+    from latentae.options import PROBE_BUDGETS, PROBE_NORMALIZATIONS, non_negative_int, positive_int
 
     p.add_argument("--model", action="append", required=True, help="export / diffusers directory or LDM "
                    "checkpoint; repeat to compare models")
@@ -41,9 +40,9 @@ def add_arguments(p):
 def run(args):
     import dataclasses
 
-    from latentae.latents.runtime import default_device
     from latentae.loading import load
     from latentae.probe import BUDGETS, probe
+    from latentae.runtime import default_device
 
     budget = BUDGETS[args.budget]
     if args.resolution:

@@ -12,7 +12,7 @@ renamed when complete.
 import os
 import re
 
-from latentae.cli import positive_int
+from latentae.options import positive_int
 
 HELP = "pack image folders, images and tars into webdataset shards"
 

@@ -30,9 +30,8 @@ HELP = "latent mean/std and the scaling/shift factors for diffusers (--write: in
 
 
 def add_arguments(p):
-    from latentae.cli import positive_int
     from latentae.commands.encode import add_common_arguments
-    from latentae.latents.options import CONVENTIONS
+    from latentae.options import CONVENTIONS, positive_int
 
     add_common_arguments(p)
     source = p.add_mutually_exclusive_group(required=True)
@@ -52,11 +51,11 @@ def run(args):
     import math
 
     from latentae.errors import LatentaeError
-    from latentae.latents.options import DEFAULT_PRECISION
-    from latentae.latents.runtime import default_device
     from latentae.latents.stats import (default_convention, latent_stats, latent_stats_of_images, pipeline_latents,
                                         refuse_normalized_latents, stats_patch, write_normalization)
     from latentae.loading import load
+    from latentae.options import DEFAULT_PRECISION
+    from latentae.runtime import default_device
 
     if args.latents and (args.max_images or args.resolution or args.precision != DEFAULT_PRECISION
                          or args.channels_last):

@@ -12,8 +12,9 @@ import importlib
 _LAZY = {
     "DataConfig": "config", "DEFAULT_MAX_PIXELS": "config",
     "ALPHA_BACKGROUND": "decode", "IMAGE_EXTS": "decode", "decode_image": "decode",
-    "BatchLoader": "reader", "EvalStream": "reader", "SampleDecoder": "reader", "TrainStream": "reader",
-    "eval_loader": "reader", "load_image": "reader", "read_shard": "reader", "train_loader": "reader",
+    "BatchLoader": "train_stream", "TrainStream": "train_stream", "train_loader": "train_stream",
+    "EvalLoader": "eval_stream", "EvalStream": "eval_stream", "eval_loader": "eval_stream",
+    "SampleDecoder": "reading", "load_image": "reading", "read_shard": "reading",
     "REASONS": "skips", "SkipCounter": "skips", "SkipSample": "skips",
     "Source": "sources", "expand_sources": "sources", "expand_urls": "sources",
     "prepare_image": "transforms", "to_pil": "transforms", "to_tensor": "transforms",

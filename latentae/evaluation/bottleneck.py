@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from latentae.evaluation.gather import all_reduce_sum
+from latentae.distributed import all_reduce_sum
 from latentae.models.output import AutoencoderOutput
 from latentae.models.posterior import ACTIVE_THRESHOLD, GaussianPosterior, active_channels
 from latentae.quantizers.base import code_distribution_stats

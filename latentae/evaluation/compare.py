@@ -17,6 +17,7 @@ from torch import Tensor
 
 from latentae.evaluation.evaluator import EvalResult
 from latentae.evaluation.report import _fmt, _jsonable, save_png
+from latentae.runtime import autocast
 
 TIMING_REPEATS = 3  # timed runs after one warm-up; the median is reported
 COLUMNS = ("psnr", "ssim", "lpips", "rfid")
@@ -28,13 +29,13 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def speed_and_shape(model, images: Tensor, *, bf16: bool = False) -> dict[str, Any]:
+def speed_and_shape(model, images: Tensor, *, precision: str = "fp32") -> dict[str, Any]:
     """Latent shape [C, h, w] of `images` (fp32 [B, 3, H, W] on the model's device), compression ratio, and the
     median encode / decode time per image over TIMING_REPEATS runs of this batch after one warm-up."""
     device = images.device
     x = images.to(model.dtype)
     timings: dict[str, list[float]] = {"encode": [], "decode": []}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast(device.type, precision):
         for repeat in range(TIMING_REPEATS + 1):
             _synchronize(device)
             start = time.perf_counter()

@@ -23,18 +23,20 @@ import torch
 from torch import Tensor, nn
 
 from latentae.data.skips import REASONS
+from latentae.distributed import all_reduce_sum, world_size
 from latentae.errors import LatentaeError, MissingWeightsError, ModelFormatError
 from latentae.evaluation import bottleneck as bottleneck_mod
 from latentae.evaluation.fd_dinov2 import DINOv2Features
-from latentae.evaluation.gather import all_reduce_sum, any_rank, gather_cat, gather_objects, world_size
+from latentae.evaluation.gather import any_rank, gather_cat, gather_objects
 from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
                                          psnr_per_image, ssim_per_image, to_uint8)
 from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fingerprint, extractor_identity,
                                            keys_fingerprint)
-from latentae.latents.options import DEFAULT_METRICS
 from latentae.models.bottleneck import Bottleneck
 from latentae.models.tiling import (TILE_ABOVE_PIXELS, describe_tiling, evaluation_forward, tiled_forward,
                                     use_tiling)
+from latentae.options import DEFAULT_METRICS
+from latentae.runtime import AUTOCAST_DTYPES, autocast
 
 
 
@@ -137,9 +139,9 @@ def _rank() -> int:
     return torch.distributed.get_rank() if world_size() > 1 else 0
 
 
-def _reconstruct(model: nn.Module, x: Tensor, bf16: bool, tiled: bool):
+def _reconstruct(model: nn.Module, x: Tensor, precision: str, tiled: bool):
     """The model's AutoencoderOutput for fp32 images `x`; KL models decode the posterior mean."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast(x.device.type, precision):
         x = x.to(model.dtype)
         if tiled:
             return tiled_forward(model, x)
@@ -161,10 +163,10 @@ class _ModelRun:
         self.values: dict[str, list[Tensor]] = {k: [] for k in self.per_image_fns}
         self.kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
 
-    def add(self, x: Tensor, real: Tensor, bf16: bool, examples: int) -> None:
+    def add(self, x: Tensor, real: Tensor, precision: str, examples: int) -> None:
         tiled = use_tiling(self.model, x, self.tiling)
         self.tiled += len(x) if tiled else 0
-        out = _reconstruct(self.model, x, bf16, tiled)
+        out = _reconstruct(self.model, x, precision, tiled)
         fake = to_uint8(out.reconstruction)
         for name, fn in self.per_image_fns.items():
             self.values[name].append(fn(real, fake).double())
@@ -199,7 +201,8 @@ def evaluate_many(
     fid_feature: int | str | nn.Module = 2048,  # a FID protocol (latentae.evaluation.fid_protocols), the default
     # protocol's Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
     fid_weights: str | Path | None = None,  # explicit Inception weight file (default: latentae.weights lookup)
-    bf16: bool = False,  # run the models under bf16 autocast (metrics stay fp32 / fp64)
+    precision: str = "fp32",  # a resolved precision (latentae.runtime): bf16 / fp16 run the models under autocast
+    # (metrics stay fp32 / fp64)
     max_images: int | None = None,  # the first N images of the data's order (any process count); None: all
     examples: int = 0,  # keep this many of the main process's first inputs / reconstructions (for grids)
     active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
@@ -256,7 +259,7 @@ def evaluate_many(
             if real_features is not None:
                 real_features.update(fid_meter.features(real))
             for run in runs.values():
-                run.add(x, real, bf16, examples)
+                run.add(x, real, precision, examples)
             placed = batch.get("position") or [(rank, len(keys) + i) for i in range(len(images))]
             positions.extend(tuple(p) for p in placed[: len(images)])
             keys.extend(batch["key"][: len(images)])
@@ -289,12 +292,12 @@ def evaluate_many(
         else:
             dim = int(fid_meter.fid.real_features_sum.shape[0])
             reference = real_features.reference(dim, device, fingerprint, f"computed from {data_name}")
-    return {name: _result(run, index, n_images, image_keys, skipped, metrics, bf16, ranks, main, reference)
+    return {name: _result(run, index, n_images, image_keys, skipped, metrics, precision, ranks, main, reference)
             for name, run in runs.items()}
 
 
-def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str], skipped: dict, metrics, bf16: bool,
-            ranks: int, main: bool, reference: FIDReference | None) -> EvalResult:
+def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str], skipped: dict, metrics,
+            precision: str, ranks: int, main: bool, reference: FIDReference | None) -> EvalResult:
     """One model's EvalResult from its gathered values (collectives: every rank calls it, models in one order)."""
     device = index.device
     per_image = {k: gather_cat(torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device))
@@ -330,7 +333,8 @@ def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str],
                               f"above {TILE_ABOVE_PIXELS} pixels): {describe_tiling(run.model)}")
     results.update(run.stats.compute())
     protocol["bottleneck"] = inspect.cleandoc(type(run.stats).__doc__)
-    protocol["model_precision"] = "bf16 autocast" if bf16 else str(run.model.dtype).removeprefix("torch.")
+    protocol["model_precision"] = (f"{precision} autocast" if precision in AUTOCAST_DTYPES
+                                   else str(run.model.dtype).removeprefix("torch."))
     protocol["processes"] = ranks
     return EvalResult(
         n_images=n_images, skipped=skipped, metrics=results, unavailable=unavailable, image_keys=image_keys,

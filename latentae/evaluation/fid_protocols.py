@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from latentae.errors import ModelFormatError
-from latentae.latents.options import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS
+from latentae.options import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS
 
 INCEPTION_FEATURES = 2048
 
@@ -162,4 +162,4 @@ PROTOCOLS: dict[str, FIDProtocol] = {p.name: p for p in [
                 "papers citing clean-fid", lambda path: {"feature": CleanFIDFeatures(path)}),
 ]}
 DEFAULT_PROTOCOL = DEFAULT_FID_PROTOCOL
-assert tuple(PROTOCOLS) == FID_PROTOCOLS, "latentae.latents.options.FID_PROTOCOLS lists the CLI's choices"
+assert tuple(PROTOCOLS) == FID_PROTOCOLS, "latentae.options.FID_PROTOCOLS lists the CLI's choices"

@@ -1,6 +1,6 @@
-"""The collectives of an evaluation. Every rank calls each of them, in the same order, whatever it read (a rank
-with no images passes empty tensors). Single-process they return their input unchanged, so world size 1 and N
-run the same code.
+"""The collectives of an evaluation, beside latentae.distributed's. Every rank calls each of them, in the same
+order, whatever it read (a rank with no images passes empty tensors). Single-process they return their input
+unchanged, so world size 1 and N run the same code.
 """
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from latentae.quantizers.base import all_reduce_sum, is_distributed
-
-__all__ = ["all_reduce_sum", "any_rank", "gather_cat", "gather_objects", "is_distributed", "world_size"]
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+from latentae.distributed import all_reduce_sum, is_distributed, world_size
 
 
 def gather_cat(t: Tensor) -> Tensor:

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from latentae.distributed import all_reduce_sum
 from latentae.errors import LatentaeError
 from latentae.evaluation.fid_protocols import DEFAULT_PROTOCOL, PROTOCOLS
-from latentae.evaluation.gather import all_reduce_sum
-from latentae.latents.options import IMAGE_METRICS  # noqa: F401  (re-exported by latentae.evaluation)
 from latentae.losses.perceptual import TRUNK_WEIGHTS, PerceptualLoss
+from latentae.options import IMAGE_METRICS  # noqa: F401  (re-exported by latentae.evaluation)
 from latentae.weights import resolve
 
 PSNR_CAP_DB = 100.0  # PSNR of two identical 8-bit images (MSE 0): a finite cap keeps the mean finite

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from latentae.distributed import all_reduce_sum
 from latentae.errors import LatentaeError
-from latentae.evaluation.gather import all_reduce_sum
 
 FORMAT = "latentae-fid-reference-1"
 FINGERPRINT = ("extractor", "protocol", "n_images", "keys_sha256")

@@ -5,11 +5,11 @@ latent statistics diffusion pipelines normalize with.
 """
 from __future__ import annotations
 
-# Loaded on first use: the CLI imports latentae.latents.options for its parser without paying for torch.
+# Loaded on first use: importing the package costs no torch.
 _LAZY = {
     "EncodeReport": "encode", "LatentEncoder": "encode", "encode_dataset": "encode", "write_manifest": "encode",
     "decode_encoded": "decode", "save_decoded": "decode", "iter_encoded": "format", "read_manifest": "format",
-    "Runtime": "runtime", "launch": "runtime", "LatentStats": "stats", "latent_stats": "stats",
+    "LatentStats": "stats", "latent_stats": "stats",
     "latent_stats_of_images": "stats", "write_normalization": "stats",
 }
 

@@ -15,7 +15,7 @@ from latentae.data.skips import SkipCounter
 from latentae.data.transforms import to_pil
 from latentae.errors import LatentaeError
 from latentae.latents.format import iter_encoded
-from latentae.latents.runtime import Runtime
+from latentae.runtime import Runtime
 
 
 def _latent_input(model, array: np.ndarray, key: str) -> np.ndarray:

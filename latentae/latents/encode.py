@@ -31,8 +31,8 @@ from latentae.data.transforms import crop_description
 from latentae.errors import LatentaeError
 from latentae.latents.format import FORMAT, LATENTS, MANIFEST, META, TOKENS, npy_bytes, write_json
 from latentae.latents.jobs import Job, job_loader, plan_jobs
-from latentae.latents.options import NATIVE, STORAGE_DTYPES, STORE_CHOICES
-from latentae.latents.runtime import Runtime
+from latentae.options import NATIVE, STORAGE_DTYPES, STORE_CHOICES
+from latentae.runtime import Runtime
 
 
 

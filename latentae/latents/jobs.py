@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from latentae.data.batching import SizeBatcher
 from latentae.data.config import DEFAULT_MAX_PIXELS
 from latentae.data.decode import IMAGE_EXTS
-from latentae.data.reader import crop_decoder
+from latentae.data.eval_stream import crop_decoder
 from latentae.data.skips import SkipCounter, SkipSample
 from latentae.data.sources import Source, iter_samples
 from latentae.data.transforms import prepare_array

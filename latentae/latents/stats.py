@@ -34,8 +34,8 @@ from latentae.data.sources import expand_sources
 from latentae.errors import LatentaeError
 from latentae.latents.format import iter_encoded
 from latentae.latents.jobs import job_loader, plan_jobs
-from latentae.latents.options import CONVENTIONS
-from latentae.latents.runtime import Runtime
+from latentae.options import CONVENTIONS
+from latentae.runtime import Runtime
 
 NORMALIZATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 

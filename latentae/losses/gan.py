@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentae.quantizers.base import all_reduce_sum, is_distributed
+from latentae.distributed import all_reduce_sum, is_distributed
 
 GAN_LOSSES = ("hinge", "non_saturating", "vanilla")
 

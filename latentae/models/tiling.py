@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from latentae.errors import LatentaeError
-from latentae.latents.options import TILE_ABOVE_PIXELS, TILING
+from latentae.options import TILE_ABOVE_PIXELS, TILING
 from latentae.models.output import AutoencoderOutput
 from latentae.models.posterior import GaussianPosterior
 TILE_PX, OVERLAP_PX = 512, 128  # latentae's own tiling, in pixels (diffusers' AutoencoderKL defaults for SD)

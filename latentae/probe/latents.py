@@ -7,10 +7,10 @@ import torch
 from torch import Tensor
 
 from latentae.data.config import DataConfig
-from latentae.data.reader import eval_loader
+from latentae.data.eval_stream import eval_loader
 from latentae.errors import LatentaeError
-from latentae.latents.options import PROBE_NORMALIZATIONS
 from latentae.models.latent_norm import _flux2, denormalize, normalize, patchify, unpatchify
+from latentae.options import PROBE_NORMALIZATIONS
 
 NORMALIZATIONS = PROBE_NORMALIZATIONS  # the first is the default
 # `config` is refused when the config's constants leave the training latents' std outside this range: they were

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from latentae.errors import LatentaeError
-from latentae.latents.options import PROBE_BUDGETS
+from latentae.options import PROBE_BUDGETS
 
 # Noise levels of the validation loss: each gets its own fixed eps, so the number is deterministic.
 VAL_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -45,7 +45,7 @@ BUDGETS = {
     "gpu": Budget(resolution=256, max_images=20000, val_images=1000, steps=20000, batch_size=128, eval_every=1000,
                   lr=2e-4, heads=6, head_dim=64, layers=12, patch_size=2, samples=1000, sample_steps=100),
 }
-assert set(BUDGETS) == set(PROBE_BUDGETS), "latentae.latents.options.PROBE_BUDGETS lists the CLI's choices"
+assert set(BUDGETS) == set(PROBE_BUDGETS), "latentae.options.PROBE_BUDGETS lists the CLI's choices"
 
 # Sustained DiT FLOP/s of a probe run (training, validation and sampling FLOPs over the run's wall time, which also
 # holds decoding and the sample metrics), for the duration printed before a run. cpu: measured 2026-12-07 with the

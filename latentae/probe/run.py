@@ -106,7 +106,7 @@ def probe(models: dict, data: str, *, budget: Budget, budget_name: str, seed: in
 
 
 def write_report(report: dict, samples: dict, output: Path) -> None:
-    from latentae.inspect.drawing import image_grid
+    from latentae.inspection.drawing import image_grid
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,11 +1,12 @@
-"""What every quantizer shares: the uniform return, usage tracking, and rank-safe collectives."""
+"""What every quantizer shares: the uniform return, usage tracking, and the flattening and straight-through helpers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from latentae.distributed import all_reduce_sum
 
 
 @dataclass
@@ -18,47 +19,6 @@ class QuantizerOutput:
     @property
     def loss(self) -> Tensor:
         return sum(self.losses.values(), self.quantized.new_zeros(()))
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum over ranks (in place on a copy). A no-op single-process; every rank must call it."""
-    t = t.clone()
-    if is_distributed():
-        dist.all_reduce(t)
-    return t
-
-
-class _SumOverRanks(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
-        t = t.clone()
-        dist.all_reduce(t)
-        return t
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad * dist.get_world_size()
-
-
-def sum_over_ranks(t: Tensor) -> Tensor:
-    """Differentiable sum over ranks of `t`, for a statistic of the global batch that every rank's loss uses
-    alike (DDP data parallelism). Forward: one all-reduce, which every rank must call. Backward: world_size x
-    the incoming gradient, with no collective: that is what all-reducing the identical gradients of every
-    rank's loss would give, and after DDP averages gradients over ranks, each rank's rows get the gradient
-    of the global statistic. The identity single-process."""
-    return _SumOverRanks.apply(t) if is_distributed() else t
-
-
-def broadcast_from_rank0(t: Tensor) -> Tensor:
-    """Rank 0's value on every rank. Every rank must call it with a tensor of the same shape."""
-    t = t.contiguous()
-    if is_distributed():
-        dist.broadcast(t, src=0)
-    return t
 
 
 def full_precision(z: Tensor) -> torch.autocast:

@@ -50,7 +50,7 @@ class BSQ(Quantizer):
            + commitment_weight * mean_rows ||u - sg(code)||^2,
     reported as its three weighted terms. In training mode the codebook entropy is that of the per-bit
     probabilities averaged over every rank's rows (one all-reduce of 2 * bits + 1 floats per training forward,
-    on every rank; see base.sum_over_ranks for its gradient); in eval mode, over this rank's rows, with no
+    on every rank; see distributed.sum_over_ranks for its gradient); in eval mode, over this rank's rows, with no
     collective. Computes in fp32 (autocast off); `quantized` comes back in z's dtype. indices_to_codes returns
     fp32, equal to forward's `quantized` once cast to its dtype.
     """

@@ -51,7 +51,7 @@ class IBQ(Quantizer):
     checkpointing): 7 instead of 5 matmuls of N x codebook_size x dim (forward 2, backward 3), 1.4x the
     quantizer's FLOPs; the same result as one chunk up to fp32 summation order. The rows' per-code
     probabilities are summed over chunks and, in training, over ranks (one all-reduce of codebook_size + 1
-    floats per training forward, on every rank; see base.sum_over_ranks for its gradient), so the codebook
+    floats per training forward, on every rank; see distributed.sum_over_ranks for its gradient), so the codebook
     entropy is that of the global batch; in eval mode, of this rank's rows, with no collective. The per-sample
     entropy is a mean over this rank's rows, as LFQ's.
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentae.config import ConfigError
+from latentae.distributed import sum_over_ranks
 from latentae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
@@ -23,7 +24,6 @@ from latentae.quantizers.base import (
     full_precision,
     project,
     straight_through,
-    sum_over_ranks,
     unflatten_channels_last,
 )
 

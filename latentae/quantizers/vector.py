@@ -29,16 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentae.config import ConfigError
+from latentae.distributed import all_reduce_sum, broadcast_from_rank0, is_distributed
 from latentae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
     UsageTracker,
-    all_reduce_sum,
-    broadcast_from_rank0,
     check_input,
     flatten_channels_last,
     full_precision,
-    is_distributed,
     project,
     straight_through,
     unflatten_channels_last,

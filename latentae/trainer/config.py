@@ -1,10 +1,11 @@
-"""The `train:` section and the whole run's config (model + loss + data + train + eval)."""
+"""The `train:` section and the whole run's config (model + loss + data + train + eval), how it is read, and the
+checks that need more than one section or the built model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from latentae.config import ConfigError
+from latentae.config import ConfigError, apply_overrides, from_dict, read_yaml
 from latentae.data.config import DataConfig
 from latentae.losses.config import LossConfig
 from latentae.models.config import ModelConfig
@@ -89,7 +90,6 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        self.model.sample_size = self.data.resolution  # diffusers' tiling tile size: the training resolution
         if self.train.teacher and self.loss.vf.weight > 0:  # the decoded latent is the teacher's: nothing to align
             raise ConfigError("config keys 'train.teacher' and 'loss.vf.weight' > 0 do not combine: distillation "
                               "decodes the teacher's latents, so the alignment would not reach the student's encoder")
@@ -99,3 +99,34 @@ class RunConfig:
         if self.train.export == "best" and self.train.export_metric not in self.eval.metrics:
             raise ConfigError(f"config key 'train.export_metric={self.train.export_metric}' is not measured: add it "
                               f"to eval.metrics (now {self.eval.metrics})")
+
+
+def load_run_config(path: str, overrides: list[str]) -> RunConfig:
+    """A YAML preset with dot-list overrides (`train.max_steps=1000`), checked."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    check_finetune_config(raw)
+    return from_dict(RunConfig, raw)
+
+
+def check_finetune_config(raw: dict) -> None:
+    """With train.init_from the architecture comes from that model: a model: section would be ignored."""
+    if (raw.get("train") or {}).get("init_from") and raw.get("model"):
+        raise ConfigError("config keys 'model.*' cannot be combined with 'train.init_from': the architecture is "
+                          f"the pretrained model's (remove {', '.join('model.' + k for k in raw['model'])})")
+
+
+def check_adaptive_weight(model, cfg: RunConfig) -> None:
+    """The adaptive GAN weight differentiates at the decoder's last layer, loss.vf's at the encoder's: it must be
+    trainable."""
+    d, vf = cfg.loss.disc, cfg.loss.vf
+    checks = [  # (section, on, where its gradients are compared, the other ways out)
+        ("disc", d.weight > 0 and d.adaptive, model.last_layer,
+         f"loss.disc.adaptive=false (a fixed adversarial weight loss.disc.weight={d.weight}), or loss.disc.weight=0 "
+         "(no GAN)"),
+        ("vf", vf.weight > 0 and vf.adaptive, model.encoder_last_layer,
+         "loss.vf.adaptive=false, or loss.vf.weight=0 (the alignment trains the encoder)")]
+    for section, on, layer, ways_out in checks:
+        if on and not layer().requires_grad:
+            name = next(n for n, p in model.named_parameters() if p is layer())
+            raise ConfigError(f"config key 'train.trainable' freezes {name}, where loss.{section}.adaptive takes the "
+                              f"gradients it balances: add it to train.trainable, or set {ways_out}")

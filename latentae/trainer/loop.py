@@ -14,41 +14,40 @@ Correctness choices (each has a test):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from latentae.config import ConfigError, to_dict
-from latentae.data.reader import train_loader
+from latentae.config import to_dict
+from latentae.data.train_stream import train_loader
 from latentae.errors import LatentaeError
 from latentae.losses import AutoencoderLoss
 from latentae.models import build_model
 from latentae.models.config import config_of
 from latentae.quantizers.base import Quantizer
+from latentae.runtime import Placement, resolve
 from latentae.trainer import checkpoint
 from latentae.trainer.checkpoint import TrainState
-from latentae.trainer.config import EXPORT_METRICS, RunConfig
+from latentae.trainer.config import EXPORT_METRICS, RunConfig, check_adaptive_weight
 from latentae.trainer.monitor import Monitor
 from latentae.trainer.optim import build_optimizers, disc_lr, lr_factor, select_trainable, set_lr
 from latentae.trainer.teacher import Teacher
 
 
-def make_accelerator(cfg: RunConfig):
-    """The accelerator; resolves `train.mixed_precision: auto` in `cfg` (the saved config records the choice)."""
+def make_accelerator(cfg: RunConfig, precision: str):
+    """The accelerator, autocasting to `precision` (resolved: fp32, bf16 or fp16)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    from latentae.precision import resolve_precision
-
-    cfg.train.mixed_precision = resolve_precision(cfg.train.mixed_precision, channels_last=cfg.train.channels_last,
-                                                  device="cuda" if torch.cuda.is_available() else "cpu")
     return Accelerator(
-        mixed_precision={"fp32": "no"}.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
+        mixed_precision={"fp32": "no"}.get(precision, precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
@@ -57,15 +56,14 @@ def make_accelerator(cfg: RunConfig):
 
 
 def make_model(cfg: RunConfig):
-    """A fresh model, or `train.init_from` (any format latentae.load opens) for fine-tuning; then the trainable
-    selection, and the speed options."""
+    """A fresh model (tiled by diffusers in tiles of the training resolution), or `train.init_from` (any format
+    latentae.load opens) for fine-tuning; then the trainable selection, and the speed options."""
     if cfg.train.init_from:
         from latentae.loading import load
 
         model = load(cfg.train.init_from)
-        cfg.model = config_of(model)  # the run's saved config records the architecture actually trained
     else:
-        model = build_model(cfg.model)
+        model = build_model(dataclasses.replace(cfg.model, sample_size=cfg.data.resolution))
     model.train()
     select_trainable(model, cfg.train.trainable)
     if cfg.train.gradient_checkpointing:
@@ -95,14 +93,38 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank) * 1_000_033 + step
 
 
-def save_config(cfg: RunConfig, accelerator) -> None:
+RESOLVED_FILE = "resolved.yaml"
+
+
+def resolved_values(cfg: RunConfig, model, placement: Placement) -> dict:
+    """What the config left open, as this run settled it, under the config's own keys: the precision `auto`
+    became, the architecture (train.init_from's; else the tile size diffusers' tiling uses, the training
+    resolution), and where the run trained."""
+    if cfg.train.init_from:
+        architecture = to_dict(config_of(model))
+    else:
+        architecture = {k: v for k, v in model.config.items() if k == "sample_size"}
+    return {"train": {"mixed_precision": placement.precision}, "model": architecture,
+            "runtime": {"device": str(placement.device), "threads": placement.threads}}
+
+
+def save_config(cfg: RunConfig, accelerator, resolved: dict) -> None:
+    """OUTPUT_DIR/config.yaml, the config as given (it reloads as the same run), and beside it RESOLVED_FILE."""
     if accelerator.is_main_process:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        resolved = to_dict(cfg)
+        given = to_dict(cfg)
         if cfg.train.init_from:  # the architecture is the pretrained model's (see its export's config.json)
-            del resolved["model"]
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            del given["model"]
+        (out / "config.yaml").write_text(yaml.safe_dump(given, sort_keys=False))
+        (out / RESOLVED_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+@dataclass
+class StepReport:
+    """What one optimizer step reports: its logs (losses, gradient norms, learning rates) and its timings."""
+    logs: dict = field(default_factory=dict)
+    data_wait_s: float = 0.0  # waiting for the batches
 
 
 class Run:
@@ -111,7 +133,9 @@ class Run:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.accelerator = acc = make_accelerator(cfg)
+        self.placement = resolve(precision=cfg.train.mixed_precision, channels_last=cfg.train.channels_last)
+        self.accelerator = acc = make_accelerator(cfg, self.placement.precision)
+        self.placement = dataclasses.replace(self.placement, device=acc.device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every run of this config
         self.model = make_model(cfg)
         check_adaptive_weight(self.model, cfg)
@@ -150,22 +174,23 @@ class Run:
                 else self.resumed_from
             acc.print(f"resumed from {shown} at step {self.state.step} of {cfg.train.max_steps}")
         self.best = self._exported_best() if self.resumed_from is not None else None  # train.export=best
-        save_config(cfg, acc)
+        save_config(cfg, acc, resolved_values(cfg, self.model, self.placement))
         acc.init_trackers("tensorboard")
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, batches, step: int, monitor: Monitor) -> dict:
+    def train_step(self, batches, step: int) -> StepReport:
         acc, cfg = self.accelerator, self.cfg.train
         factor = lr_factor(step, cfg)
         set_lr(self.opt_g, cfg.lr * factor)
         set_lr(self.opt_d, disc_lr(cfg) * factor)
         d_active = self.loss.discriminator_active(step)
         finite_window = True
-        logs: dict = {}
+        report = StepReport()
+        logs = report.logs
         for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
             batch = next(batches)
-            monitor.add_data_wait(time.perf_counter() - t0)
+            report.data_wait_s += time.perf_counter() - t0
             # After the fetch: an in-process loader may draw from the global RNG differently after a resume.
             torch.manual_seed(step_seed(self.cfg.seed, acc.process_index, step * cfg.grad_accum + micro))
             for quantizer in self.quantizers:
@@ -202,7 +227,7 @@ class Run:
         logs["lr/discriminator"] = disc_lr(cfg) * factor
         logs["nan_skipped"] = self.state.nan_skipped
         self.last_images = (images, out.reconstruction)
-        return logs
+        return report
 
     def encoder_layer(self) -> torch.Tensor | None:
         """Where loss.vf's adaptive weight compares gradients (None when the term is off)."""
@@ -269,9 +294,9 @@ class Run:
         monitor = Monitor(acc, start_step=start, max_steps=cfg.train.max_steps, log_every=cfg.train.log_every,
                           images_per_step=cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum)
         for step in range(start, cfg.train.max_steps):
-            logs = self.train_step(batches, step, monitor)
+            report = self.train_step(batches, step)
             self.state.step = done = step + 1
-            monitor.step_done(done, logs, self.state.samples_skipped)
+            monitor.step_done(done, report, self.state.samples_skipped)
             if cfg.train.image_every and done % cfg.train.image_every == 0:
                 monitor.images(done, *self.last_images)
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.max_steps:
@@ -286,7 +311,7 @@ class Run:
     def validate(self, step: int, monitor: Monitor) -> dict:
         """Metrics on the fixed validation subset (the first eval.max_images images of data.val, center crops);
         the EMA weights when EMA is on, as exported. Metrics without their weights are logged as unavailable."""
-        from latentae.data.reader import eval_loader
+        from latentae.data.eval_stream import eval_loader
         from latentae.evaluation import evaluate
 
         acc, cfg = self.accelerator, self.cfg
@@ -294,7 +319,7 @@ class Run:
             self.val_batches = eval_loader(cfg.data, batch_size=cfg.train.batch_size, rank=acc.process_index,
                                            world_size=acc.num_processes)
         result = evaluate(self.export_model(), self.val_batches, metrics=tuple(cfg.eval.metrics),
-                          bf16=cfg.train.mixed_precision == "bf16", max_images=cfg.eval.max_images, examples=4,
+                          precision=self.placement.precision, max_images=cfg.eval.max_images, examples=4,
                           data_name="data.val")
         values = {f"val/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         monitor.scalars(values, step)
@@ -370,30 +395,6 @@ class Run:
         self.accelerator.wait_for_everyone()
 
 
-def check_adaptive_weight(model, cfg: RunConfig) -> None:
-    """The adaptive GAN weight differentiates at the decoder's last layer, loss.vf's at the encoder's: it must be
-    trainable."""
-    d, vf = cfg.loss.disc, cfg.loss.vf
-    checks = [  # (section, on, where its gradients are compared, the other ways out)
-        ("disc", d.weight > 0 and d.adaptive, model.last_layer,
-         f"loss.disc.adaptive=false (a fixed adversarial weight loss.disc.weight={d.weight}), or loss.disc.weight=0 "
-         "(no GAN)"),
-        ("vf", vf.weight > 0 and vf.adaptive, model.encoder_last_layer,
-         "loss.vf.adaptive=false, or loss.vf.weight=0 (the alignment trains the encoder)")]
-    for section, on, layer, ways_out in checks:
-        if on and not layer().requires_grad:
-            name = next(n for n, p in model.named_parameters() if p is layer())
-            raise ConfigError(f"config key 'train.trainable' freezes {name}, where loss.{section}.adaptive takes the "
-                              f"gradients it balances: add it to train.trainable, or set {ways_out}")
-
-
 def decoded_channels(model) -> int:
     """Channels of the latent the decoder takes (loss.vf's projection input)."""
     return model.config.get("vq_embed_dim") or model.config["latent_channels"]
-
-
-def check_finetune_config(raw: dict) -> None:
-    """With train.init_from the architecture comes from that model: a model: section would be ignored."""
-    if (raw.get("train") or {}).get("init_from") and raw.get("model"):
-        raise ConfigError("config keys 'model.*' cannot be combined with 'train.init_from': the architecture is "
-                          f"the pretrained model's (remove {', '.join('model.' + k for k in raw['model'])})")

@@ -25,11 +25,11 @@ class Monitor:
         self.window_steps = 0
         self.data_wait = 0.0
 
-    def add_data_wait(self, seconds: float) -> None:
-        self.data_wait += seconds
-
-    def step_done(self, step: int, logs: dict[str, Tensor | float], skipped: dict[str, int]) -> None:
-        """`step` is the number of optimizer steps done; logs are written with the `train/` prefix."""
+    def step_done(self, step: int, report, skipped: dict[str, int]) -> None:
+        """`step` is the number of optimizer steps done, `report` its Run.train_step's; its logs are written with
+        the `train/` prefix."""
+        logs: dict[str, Tensor | float] = report.logs
+        self.data_wait += report.data_wait_s
         self.window_steps += 1
         self.bar.update(1)
         if step % self.log_every and step != self.bar.total:

@@ -68,7 +68,7 @@ def plain_vae(model_dir: Path):
     """diffusers' AutoencoderKL as a user loads it, fp32, on the device `latentae` commands use by default."""
     from diffusers import AutoencoderKL
 
-    from latentae.latents.runtime import default_device
+    from latentae.runtime import default_device
 
     return AutoencoderKL.from_pretrained(model_dir).eval().to(default_device())
 
@@ -110,7 +110,7 @@ def plain_encoder(model_dir: Path):
     if (Path(model_dir) / "config.json").is_file():
         vae = plain_vae(model_dir)
         return lambda images: vae.encode(images.to(vae.device)).latent_dist.mean
-    from latentae.latents.runtime import default_device
+    from latentae.runtime import default_device
     from latentae.loading import load
 
     model = load(model_dir).eval().to(default_device())

@@ -50,7 +50,7 @@ def add_arguments(p):
 def heldout(args, pages: Path) -> dict[str, list]:
     """{set name: [images [B, 3, R, R] in [-1, 1]]}, center crops at the evaluation resolution, read once."""
     from latentae.data.config import DataConfig
-    from latentae.data.reader import eval_loader
+    from latentae.data.eval_stream import eval_loader
 
     data = DataConfig(resolution=args.eval_resolution, num_workers=0)
     root = Path(args.data_root)
@@ -134,7 +134,7 @@ class PlainDecoderLoop:
 
 
 def config(args, name: str, train: str, output: Path):
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
 
     overrides = [f"output_dir={output / 'runs' / name}", f"train.init_from={Path(args.model).resolve()}",
                  f"data.train={train}", f"data.resolution={args.resolution}", f"train.batch_size={args.batch_size}",

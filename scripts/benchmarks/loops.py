@@ -12,7 +12,7 @@ import itertools
 def primed_batches(cfg):
     """latentae's training batches for `cfg` with the first one already fetched: the loader's worker start-up and
     first shuffle-buffer fill stay off the training clock (the same for every trainer)."""
-    from latentae.data.reader import train_loader
+    from latentae.data import train_loader
 
     batches = iter(train_loader(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed))
     return itertools.chain([next(batches)], batches)
@@ -24,18 +24,14 @@ class LatentaeLoop:
 
     def __init__(self, cfg, batches=primed_batches):
         from latentae.trainer.loop import Run
-        from latentae.trainer.monitor import Monitor
 
-        self.run = Run(cfg)  # resolves train.mixed_precision: auto
-        self.monitor = Monitor(self.run.accelerator, start_step=0, max_steps=1, log_every=10**9,
-                               images_per_step=cfg.train.batch_size)
-        self.monitor.close()  # train_step only adds data-wait time to it; no progress bar
+        self.run = Run(cfg)
         self.batches = batches(cfg)
-        self.precision = cfg.train.mixed_precision
+        self.precision = self.run.placement.precision  # what train.mixed_precision (auto) resolved to
 
     def step(self, step: int) -> dict:
         """One optimizer step; its logged values."""
-        return self.run.train_step(self.batches, step, self.monitor)
+        return self.run.train_step(self.batches, step).logs
 
     def model(self):
         return self.run.export_model()

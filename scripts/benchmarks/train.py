@@ -61,7 +61,7 @@ def add_arguments(p):
 
 def run_config(args, output_dir: str):
     """The preset with the benchmark's settings; both sides read their architecture and loss from it."""
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
 
     common = [f"output_dir={output_dir}", f"data.resolution={args.resolution}", f"train.batch_size={args.batch_size}",
               "train.grad_accum=1", "loss.perceptual_random_init=true",

@@ -43,7 +43,7 @@ def diffusability_probe(out: Path, budget: Budget, data_root: Path, results: dic
         if report.get("study") == study:
             print(f"diffusability probe: reusing {path} ({', '.join(names)})")
             return report
-    from latentae.latents.runtime import default_device
+    from latentae.runtime import default_device
     from latentae.loading import load
 
     device = default_device()

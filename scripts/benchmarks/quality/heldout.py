@@ -23,7 +23,7 @@ class HeldOut:
     training resolution), per-set PSNR / SSIM from its per-image values, and the sharpness statistic."""
 
     def __init__(self, cfg, budget: Budget, data_root: Path):
-        from latentae.data.reader import eval_loader
+        from latentae.data import eval_loader
 
         sets = heldout_sets(budget, data_root)
         self.sets = [(label, {s.key for s in sources}) for label, sources in sets]

@@ -127,7 +127,7 @@ def write_grid(out: Path, name: str, rows: list[tuple[str, str]], title: str) ->
     import numpy as np
     import torch
 
-    from latentae.inspect.drawing import image_grid
+    from latentae.inspection.drawing import image_grid
 
     files = [out / "runs" / run / "examples.npz" for _, run in rows]
     if not all(f.is_file() for f in files):

@@ -135,7 +135,7 @@ def base_config(budget: Budget, family: str, data_root: Path) -> dict:
 
 def run_config(conf: Configuration, budget: Budget, data_root: Path, run_dir: Path):
     """The RunConfig of `conf`: the family's base written as run_dir/study.yaml, then the dot-list overrides."""
-    from latentae.trainer.cli import load_run_config
+    from latentae.trainer.config import load_run_config
 
     run_dir.mkdir(parents=True, exist_ok=True)
     base = run_dir / "study.yaml"

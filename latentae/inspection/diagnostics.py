@@ -15,7 +15,7 @@ import torch
 
 from latentae.data.sources import expand_sources
 from latentae.errors import LatentaeError
-from latentae.inspect import SCORES
+from latentae.inspection import SCORES
 from latentae.latents.jobs import job_loader, plan_jobs
 
 

@@ -16,8 +16,8 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"latentae.inspect.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'latentae.inspect' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"latentae.inspection.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'latentae.inspection' has no attribute {name!r}")
 
 
 __all__ = ["SCORES", *sorted(_LAZY)]

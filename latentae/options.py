@@ -1,10 +1,10 @@
-"""Choices the commands' options offer (encode, decode, stats, eval, probe): no heavy imports here, the CLI builds
-its parser from them on every call."""
+"""Choices the commands' options offer (train, encode, decode, stats, eval, probe) and the argparse types they
+share: no heavy imports here, the CLI builds its parser from them on every call."""
 
-PRECISIONS = ("auto", "fp32", "bf16")  # see runtime.Runtime; auto: see latentae.precision
+PRECISIONS = ("auto", "fp32", "bf16")  # of the inference commands (see latentae.runtime); auto: latentae.precision
 DEFAULT_PRECISION = "auto"
 # Images per forward of encode / stats / decode / eval: the plain diffusers loop's batch. On 2 cores batches of 1-2
-# cost 5-20% more per image and larger ones gain little or lose (issue 9: batch 16 +40%); see BENCHMARKS.md
+# cost 5-20% more per image and larger ones gain little or lose (batch 16: +40%); see BENCHMARKS.md
 DEFAULT_BATCH_SIZE = 4
 STORE_CHOICES = ("both", "mean", "sample")  # what a KL sample holds; see format.py
 STORAGE_DTYPES = ("float32", "float16")  # stored latent precision (token ids are always int32)
@@ -26,5 +26,20 @@ def resolution_or_native(text: str) -> int | None:
         return None
     value = int(text)
     if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports the option name on ValueError)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
         raise ValueError(text)
     return value
