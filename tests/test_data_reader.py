@@ -262,7 +262,7 @@ def _draw_rates(spec: str, world_size: int, per_rank: int) -> tuple[dict[str, fl
     """Raw samples drawn by each of `world_size` simulated ranks (`per_rank` each: ranks yield equally many per
     step), through the real rank split and source choice: (draws per sample of each shard, shards per rank),
     shards named "folder/file"."""
-    from latentae.data.train_stream import _Switch
+    from latentae.data.train_stream import _RedirectableSkips
 
     def name(url: str) -> str:
         return f"{Path(url).parent.name}/{Path(url).name}"
@@ -272,7 +272,7 @@ def _draw_rates(spec: str, world_size: int, per_rank: int) -> tuple[dict[str, fl
     read_by = []
     for rank in range(world_size):
         stream = train_loader(cfg, batch_size=1, seed=0, rank=rank, world_size=world_size).dataset
-        raw = stream._raw(random.Random(f"rates/{rank}"), _Switch(SkipCounter()))
+        raw = stream._raw(random.Random(f"rates/{rank}"), _RedirectableSkips(SkipCounter()))
         urls = [name(s["__url__"]) for s in itertools.islice(raw, per_rank)]
         read_by.append(set(urls))
         for u in urls:

@@ -88,7 +88,7 @@ class EvalStream(IterableDataset):
         return self.batches(*worker_slot())
 
 
-class _Outcomes:
+class _SkipsInOrder:
     """Skip counter of a PrefixStream: records each skip as an outcome {"skip": reason}, in order."""
 
     def __init__(self):
@@ -121,7 +121,7 @@ class PrefixStream(IterableDataset):
         def own(raw: int) -> bool:  # whether this worker decodes the chunk of sample `raw`
             return raw // self.chunk % num_workers == worker
 
-        reads = _Outcomes()
+        reads = _SkipsInOrder()
         outcomes: list[dict] = []  # of the current chunk
         raw = 0  # samples read so far
         for index, source in enumerate(self.sources):

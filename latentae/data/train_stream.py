@@ -64,7 +64,7 @@ def _batch(images: list[np.ndarray], keys: list[str], skipped: dict[str, int], r
     return {"image": torch.from_numpy(image), "key": keys, "skipped": skipped}
 
 
-class _Switch:
+class _RedirectableSkips:
     """Forwards skip counts to `target`; replay points it at a scratch counter (those skips were already
     counted by the run that consumed the replayed batches)."""
 
@@ -113,7 +113,7 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.chunk_batches = max(1, math.ceil(chunk_size / batch_size))
 
-    def _raw(self, rng: random.Random, skipped: _Switch) -> Iterator[dict]:
+    def _raw(self, rng: random.Random, skipped: _RedirectableSkips) -> Iterator[dict]:
         """Endless raw samples: sources drawn with replacement by weight, each begun at a random point."""
         empty = 0
         while True:
@@ -128,7 +128,7 @@ class TrainStream(IterableDataset):
                 raise LatentaeError(f"{empty} training sources in a row gave no sample (last: {source.url}); "
                                     f"skipped so far: {skipped.target}")
 
-    def _samples(self, rng: random.Random, skipped: _Switch) -> Iterator[tuple[str, Image.Image, int]]:
+    def _samples(self, rng: random.Random, skipped: _RedirectableSkips) -> Iterator[tuple[str, Image.Image, int]]:
         """Decoded good samples of one chunk: (key, image, augmentation seed)."""
         raw = self._raw(rng, skipped)
         try:
@@ -157,7 +157,7 @@ class TrainStream(IterableDataset):
         first = self.start_step + worker
         virtual, index = first % num_workers, first // num_workers
         skipped = SkipCounter()
-        switch = _Switch(skipped)
+        switch = _RedirectableSkips(skipped)
         while True:
             chunk, offset = divmod(index, self.chunk_batches)
             rng = random.Random(f"latentae.train/{self.seed}/{self.rank}/{num_workers}/{virtual}/{chunk}")

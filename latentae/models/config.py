@@ -50,6 +50,13 @@ class ModelConfig:
         """What to write instead of a key of another family."""
         return ""
 
+    def at_resolution(self, resolution: int) -> ModelConfig:
+        """This config for a model trained on `resolution`-px images: diffusers' tile size (`sample_size`) set to it
+        where the family has one."""
+        if "sample_size" in config_keys(type(self)):
+            return dataclasses.replace(self, sample_size=resolution)
+        return self
+
     def model_kwargs(self) -> dict:
         """Constructor arguments of the model class this config describes."""
         from latentae.config import to_dict

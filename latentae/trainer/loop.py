@@ -63,7 +63,7 @@ def make_model(cfg: RunConfig):
 
         model = load(cfg.train.init_from)
     else:
-        model = build_model(dataclasses.replace(cfg.model, sample_size=cfg.data.resolution))
+        model = build_model(cfg.model.at_resolution(cfg.data.resolution))
     model.train()
     select_trainable(model, cfg.train.trainable)
     if cfg.train.gradient_checkpointing:
