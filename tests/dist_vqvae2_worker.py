@@ -33,7 +33,7 @@ def batches(round_: int) -> list[torch.Tensor]:
 @contextmanager
 def single_process():
     """The reference's collectives off: it is the single process that sees the union."""
-    with mock.patch("latentae.quantizers.base.is_distributed", return_value=False), \
+    with mock.patch("latentae.distributed.is_distributed", return_value=False), \
             mock.patch("latentae.quantizers.vector.is_distributed", return_value=False):
         yield
 
