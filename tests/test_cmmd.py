@@ -221,3 +221,11 @@ def test_fetch_weights_finds_clip_in_the_hf_cache(tiny_clip, tmp_path, monkeypat
     assert main(["fetch-weights", "--only", "clip"]) == 0
     assert capsys.readouterr().out.startswith(f"ok     clip: {snapshot}")
     assert CLIPFeatures().weight_files == [str(snapshot)]  # the default source: the cached hub model
+
+
+def test_cmmd_gathers_every_rank_embeddings(tiny_clip, tmp_path, monkeypatch):
+    """2 gloo ranks with uneven shares (one empty): each reports the CMMD of all images (dist_cmmd_worker.py)."""
+    from gloo_ranks import run_gloo_ranks
+
+    monkeypatch.setenv("CMMD_CLIP_DIR", str(tiny_clip[0]))
+    run_gloo_ranks("dist_cmmd_worker.py", tmp_path)
