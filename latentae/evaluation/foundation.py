@@ -57,7 +57,7 @@ class FrozenFeatures(nn.Module):
         super().__init__()
         model, directory = load_hub_model(hub_name, source, model_class, model_type)
         self.model = model.eval().requires_grad_(False)
-        self.weight_files = [str(directory)]
+        self.weight_files = [str(directory.absolute())]
 
     def train(self, mode: bool = True) -> FrozenFeatures:
         """Always eval: a parent's `.train()` must not switch on dropout."""
