@@ -169,6 +169,30 @@ def test_cmmd_in_evaluate_equals_the_reference(tiny_clip):
     assert same.metrics["cmmd"] == pytest.approx(result.metrics["cmmd"], rel=1e-4)  # batching does not matter
 
 
+def reconstructing(fn):
+    """fake_reconstruction_model with another per-image "reconstruction"."""
+    from latentae.models import AutoencoderOutput
+
+    model = fake_reconstruction_model()
+    model.forward = lambda x, sample_posterior=True: AutoencoderOutput(reconstruction=fn(x),
+                                                                       posterior=model.posterior(x))
+    return model
+
+
+def test_cmmd_of_identical_and_noise_reconstructions(tiny_clip):
+    gen = torch.Generator().manual_seed(3)
+    images = F.interpolate(torch.rand(6, 3, 8, 8, generator=gen), size=(40, 40), mode="bilinear") * 2 - 1
+    noise = torch.rand(6, 3, 40, 40, generator=gen) * 2 - 1
+
+    def cmmd_of(model):
+        result = evaluate(model, [{"image": images, "key": list("abcdef")}], metrics=("cmmd",),
+                          cmmd_model=str(tiny_clip[0]))
+        return result.metrics["cmmd"]
+
+    assert cmmd_of(reconstructing(lambda x: x)) == pytest.approx(0, abs=1e-12)
+    assert cmmd_of(reconstructing(lambda x: noise)) > 5 * cmmd_of(fake_reconstruction_model()) > 0  # 11x here
+
+
 def test_cmmd_through_latentae_eval(tiny_clip, tmp_path, capsys):
     """`latentae eval --metrics psnr,cmmd --cmmd-model DIR` on 32 px PNGs (no resize by the loader): the report's
     CMMD is the reference's on the inputs and the model's reconstructions."""
