@@ -19,6 +19,9 @@ from latentae.errors import LatentaeError
 from latentae.evaluation import evaluate
 from latentae.evaluation.cmmd import CLIPFeatures, mmd
 from latentae.evaluation.metrics import to_uint8
+from latentae.exporting import export
+from latentae.loading import load
+from latentae.models import AutoencoderOutput, KLAutoencoder
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # OpenAI CLIP's
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -96,7 +99,7 @@ def tiny_clip(tmp_path):
     patch 14) and pytorch_model.bin with both towers."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    small = dict(num_attention_heads=2, projection_dim=16)
+    small = {"num_attention_heads": 2, "projection_dim": 16}
     cfg = transformers.CLIPConfig(
         text_config=dict(hidden_size=16, num_hidden_layers=1, intermediate_size=32, vocab_size=100,
                          max_position_embeddings=16, **small),
@@ -171,8 +174,6 @@ def test_cmmd_in_evaluate_equals_the_reference(tiny_clip):
 
 def reconstructing(fn):
     """fake_reconstruction_model with another per-image "reconstruction"."""
-    from latentae.models import AutoencoderOutput
-
     model = fake_reconstruction_model()
     model.forward = lambda x, sample_posterior=True: AutoencoderOutput(reconstruction=fn(x),
                                                                        posterior=model.posterior(x))
@@ -196,11 +197,6 @@ def test_cmmd_of_identical_and_noise_reconstructions(tiny_clip):
 def test_cmmd_through_latentae_eval(tiny_clip, tmp_path, capsys):
     """`latentae eval --metrics psnr,cmmd --cmmd-model DIR` on 32 px PNGs (no resize by the loader): the report's
     CMMD is the reference's on the inputs and the model's reconstructions."""
-    from latentae.loading import load
-    from latentae.models import KLAutoencoder
-
-    from latentae.exporting import export
-
     directory, model = tiny_clip
     torch.manual_seed(0)
     vae = export(KLAutoencoder(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
