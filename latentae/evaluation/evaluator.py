@@ -203,7 +203,7 @@ def evaluate_many(
     batches: Iterable[dict],  # this rank's {"image": float [B, 3, H, W] in [-1, 1], "key": [...]} batches
     # (an eval_loader's also carry "position": the order of the per-image values)
     *,
-    metrics: Sequence[str] = DEFAULT_METRICS,  # any of psnr, ssim, lpips, rfid; bottleneck stats always run
+    metrics: Sequence[str] = DEFAULT_METRICS,  # any of IMAGE_METRICS; bottleneck stats always run
     accelerator=None,  # accelerate.Accelerator that prepared the models (to unwrap them); collectives need no more
     lpips_net: str = "alex",  # LPIPS trunk: alex (the usual metric) or vgg
     lpips_trunk: str | Path | None = None,  # explicit trunk weight file (default: latentae.weights lookup)
