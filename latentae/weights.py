@@ -9,10 +9,11 @@ offline.
 
 The LPIPS linear heads ship inside the `lpips` package, so they are only checked, never downloaded.
 
-Hugging Face models (`HUB_MODELS`: DINOv2 for the VF alignment loss) live in the Hugging Face cache instead
-(`$HF_HOME/hub`, or `HF_HUB_CACHE`), or in a local directory the config names. `resolve_hub_model` looks in
-the cache first and downloads only when that fails and `HF_HUB_OFFLINE` is not set; `latentae fetch-weights`
-fetches them only when asked by name (`--only dinov2`: 1.2 GB, needed only with `loss.vf.weight > 0`).
+Hugging Face models (`HUB_MODELS`: DINOv2 for the VF alignment loss and FD-DINOv2, CLIP ViT-L/14@336px for
+CMMD) live in the Hugging Face cache instead (`$HF_HOME/hub`, or `HF_HUB_CACHE`), or in a local directory the
+config or option names. `resolve_hub_model` looks in the cache first and downloads only when that fails and
+`HF_HUB_OFFLINE` is not set; `latentae fetch-weights` fetches them only when asked by name (`--only dinov2`:
+1.2 GB, `--only clip`: 1.7 GB).
 """
 from __future__ import annotations
 
@@ -191,15 +192,18 @@ def fetch_all(
 class HubModel:
     name: str  # `latentae fetch-weights --only NAME`
     repo_id: str  # the default Hugging Face model id
-    files: tuple[str, ...]  # what from_pretrained needs (safetensors only: no pickled weights)
+    files: tuple[str, ...]  # what from_pretrained needs: safetensors where the repository has them (OpenAI's
+    # CLIP repositories hold a pytorch_model.bin, which transformers reads with torch.load(weights_only=True))
     used_for: str  # what needs it, and how to run without it
-    config_key: str  # the config key that names the model (a hub id or a local directory)
+    config_key: str  # the config key or option that names the model (a hub id or a local directory)
 
 
 HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
     HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
              "the VF alignment loss (set loss.vf.weight=0 to train without it) and FD-DINOv2 in `latentae eval` and "
              "the probe (reported unavailable without it)", "loss.vf.model"),
+    HubModel("clip", "openai/clip-vit-large-patch14-336", ("config.json", "pytorch_model.bin"),
+             "CMMD in `latentae eval --metrics ...,cmmd` (reported unavailable without it)", "--cmmd-model"),
 ]}
 
 
@@ -238,7 +242,7 @@ def resolve_hub_model(
         if missing:
             what = f"missing {', '.join(missing)} in" if local.is_dir() else "no such directory:"
             raise MissingWeightsError(
-                f"config key '{m.config_key}': {what} {local} (a directory with {', '.join(m.files)}, e.g. from "
+                f"'{m.config_key}': {what} {local} (a directory with {', '.join(m.files)}, e.g. from "
                 f"`latentae fetch-weights --only {name} --dir DIR`, is needed for {m.used_for})")
         return local
     where = {"local_dir": str(directory)} if directory is not None else {}

@@ -16,7 +16,8 @@ cropped (not padded: padding would add pixels the metrics then score) to a multi
 factor (Kodak's 768 x 512 stays whole for f = 8), in batches of one size. The reconstruction is compared with
 that same crop. Both are rounded to 8 bits before any metric. PSNR: mean of per-image values. SSIM: data range
 1 on [0, 1], gaussian 11x11, sigma 1.5. LPIPS: AlexNet (--lpips-net vgg for VGG). rFID: torchmetrics FID between
-the crops and their reconstructions (each resized to 299 x 299 by the metric, whatever its shape). --max-images N
+the crops and their reconstructions (each resized to 299 x 299 by the metric, whatever its shape). On request:
+fd_dinov2 (NVlabs edm2's FD-DINOv2) and cmmd (google-research's CMMD: CLIP ViT-L/14@336px). --max-images N
 takes the first N images of the data's order (files in order, each in stored order) whatever the number of
 processes. Tokenizers add codebook usage, perplexity, entropy and bits per pixel; KL models the KL per latent
 channel and the number of active channels. Metrics whose weight files are missing are reported as
@@ -56,12 +57,15 @@ def add_arguments(p):
                    "whatever the number of processes (default: all)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                    help=f"comma-separated subset of {','.join(IMAGE_METRICS)} (default: {','.join(DEFAULT_METRICS)}; "
-                        "fd_dinov2 runs a ViT-L on every image, real and reconstructed: ask for it)")
+                        "fd_dinov2 and cmmd run a ViT-L on every image, real and reconstructed: ask for them)")
     p.add_argument("--fid-protocol", choices=FID_PROTOCOLS, default=DEFAULT_FID_PROTOCOL, help="whose rFID: "
                    "torchmetrics (its default resize), torch-fidelity (RAE, 1d-tokenizer), pytorch-fid (LightningDiT, "
                    "FlowMo) or clean-fid, each equal to that library's FID with the same weight file; ADM's "
                    f"TensorFlow evaluator is not offered (latentae/evaluation/fid_protocols.py) (default: "
                    f"{DEFAULT_FID_PROTOCOL})")
+    p.add_argument("--cmmd-model", metavar="DIR", help="CMMD's CLIP: a directory with config.json and "
+                   "pytorch_model.bin or a Hugging Face id (default: openai/clip-vit-large-patch14-336 from the "
+                   "Hugging Face cache; `latentae fetch-weights --only clip`)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
     p.add_argument("--output", help="folder for the report files (default: eval-<model name>, or eval-compare for "
                    "several models)")
@@ -136,7 +140,7 @@ def run(args):
     results = evaluate_many(models, loader(), metrics=metrics, lpips_net=args.lpips_net, precision=precision,
                             max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data,
                             data_protocol=crop, fid_reference=reference, tiling=args.tiling,
-                            fid_feature=args.fid_protocol)
+                            fid_feature=args.fid_protocol, cmmd_model=args.cmmd_model)
     if accelerator.is_main_process:
         output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if len(paths) == 1 else "eval-compare"))
         base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,

@@ -11,11 +11,13 @@ shipped inside the lpips package: only checked), inception (torch-fidelity's FID
 clean-inception (the Inception files of `latentae eval --fid-protocol pytorch-fid / clean-fid`). Already cached files
 are not downloaded again. Exit status 1 when any file is missing at the end.
 
-Only when named (1.2 GB, needed only with loss.vf.weight > 0): dinov2 (facebook/dinov2-large, the VF alignment
-loss's feature model) goes into the Hugging Face cache (`$HF_HOME/hub`), or with --dir to DIR/dinov2-large, a
-directory to set as loss.vf.model:
+Only when named, into the Hugging Face cache (`$HF_HOME/hub`), or with --dir to DIR/<model>: dinov2
+(facebook/dinov2-large, 1.2 GB: the VF alignment loss's feature model and FD-DINOv2; a directory to set as
+loss.vf.model) and clip (openai/clip-vit-large-patch14-336, 1.7 GB: CMMD; a directory for `latentae eval
+--cmmd-model`):
 
   latentae fetch-weights --only dinov2
+  latentae fetch-weights --only clip
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import argparse
 
 from latentae import weights
 
-HELP = "download the pretrained weights (LPIPS trunks, Inception for FID; DINOv2 on request) for offline use"
+HELP = "download the pretrained weights (LPIPS trunks, Inception for FID; DINOv2, CLIP on request) for offline use"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from latentae.data.skips import REASONS
 from latentae.distributed import all_reduce_sum, world_size
 from latentae.errors import LatentaeError, MissingWeightsError, ModelFormatError
 from latentae.evaluation import bottleneck as bottleneck_mod
+from latentae.evaluation.cmmd import CMMDMetric
 from latentae.evaluation.fd_dinov2 import DINOv2Features
 from latentae.evaluation.gather import any_rank, gather_cat, gather_objects
 from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
@@ -76,13 +77,19 @@ def check_metrics(metrics: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(metrics))
 
 
-def _build_meters(metrics: Sequence[str], *, lpips_net: str, lpips_trunk, fid_feature, fid_weights,
+# Distances between two sets of a frozen network's features, both sides measured per model (no cached reference):
+# metric -> its name in messages. Their meters take update(real, fake), then a collective compute().
+BOTH_SIDES = {"fd_dinov2": "FD-DINOv2", "cmmd": "CMMD"}
+
+
+def _build_meters(metrics: Sequence[str], *, lpips_net: str, lpips_trunk, fid_feature, fid_weights, cmmd_model,
                   device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """LPIPS / FID modules for the requested metrics; those whose weights are missing (on any rank) go to
-    `unavailable` with the reason."""
+    """LPIPS / FID / BOTH_SIDES modules for the requested metrics; those whose weights are missing (on any rank)
+    go to `unavailable` with the reason."""
     meters, unavailable = {}, {}
     builders = {"lpips": lambda: LPIPSMetric(lpips_net, lpips_trunk),
-                "rfid": lambda: FIDMetric(fid_feature, fid_weights), "fd_dinov2": lambda: FIDMetric(DINOv2Features())}
+                "rfid": lambda: FIDMetric(fid_feature, fid_weights), "fd_dinov2": lambda: FIDMetric(DINOv2Features()),
+                "cmmd": lambda: CMMDMetric(cmmd_model)}
     for name in (m for m in metrics if m in builders):
         try:
             meters[name] = builders[name]().to(device).eval()
@@ -151,12 +158,13 @@ def _reconstruct(model: nn.Module, x: Tensor, precision: str, tiled: bool):
 class _ModelRun:
     """One model's meters, bottleneck statistics, per-image values and examples during an evaluation."""
 
-    def __init__(self, model, *, metrics, lpips_net, lpips_trunk, fid_feature, fid_weights, active_threshold, device,
-                 tiling):
+    def __init__(self, model, *, metrics, lpips_net, lpips_trunk, fid_feature, fid_weights, cmmd_model,
+                 active_threshold, device, tiling):
         self.model = model
         self.tiling, self.tiled = tiling, 0  # --tiling; images reconstructed in tiles
         self.meters, self.unavailable = _build_meters(metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk,
-                                                      fid_feature=fid_feature, fid_weights=fid_weights, device=device)
+                                                      fid_feature=fid_feature, fid_weights=fid_weights,
+                                                      cmmd_model=cmmd_model, device=device)
         self.stats = bottleneck_mod.bottleneck_stats(model, device, active_threshold=active_threshold)
         per_image_fns = {"psnr": psnr_per_image, "ssim": ssim_per_image, "lpips": self.meters.get("lpips")}
         self.per_image_fns = {k: fn for k, fn in per_image_fns.items() if k in metrics and fn is not None}
@@ -172,8 +180,9 @@ class _ModelRun:
             self.values[name].append(fn(real, fake).double())
         if "rfid" in self.meters:  # the real side once for all models (evaluate_many)
             self.meters["rfid"].update_fake(fake)
-        if "fd_dinov2" in self.meters:
-            self.meters["fd_dinov2"].update(real, fake)
+        for name in BOTH_SIDES:
+            if name in self.meters:
+                self.meters[name].update(real, fake)
         self.stats.update(out, x)
         taken = sum(len(t) for t in self.kept["input"])
         if taken < examples and (not taken or real.shape[1:] == self.kept["input"][0].shape[1:]):
@@ -194,13 +203,14 @@ def evaluate_many(
     batches: Iterable[dict],  # this rank's {"image": float [B, 3, H, W] in [-1, 1], "key": [...]} batches
     # (an eval_loader's also carry "position": the order of the per-image values)
     *,
-    metrics: Sequence[str] = DEFAULT_METRICS,  # any of psnr, ssim, lpips, rfid; bottleneck stats always run
+    metrics: Sequence[str] = DEFAULT_METRICS,  # any of IMAGE_METRICS; bottleneck stats always run
     accelerator=None,  # accelerate.Accelerator that prepared the models (to unwrap them); collectives need no more
     lpips_net: str = "alex",  # LPIPS trunk: alex (the usual metric) or vgg
     lpips_trunk: str | Path | None = None,  # explicit trunk weight file (default: latentae.weights lookup)
     fid_feature: int | str | nn.Module = 2048,  # a FID protocol (latentae.evaluation.fid_protocols), the default
     # protocol's Inception pool size, or a module uint8 [B, 3, H, W] -> [B, d]
     fid_weights: str | Path | None = None,  # explicit Inception weight file (default: latentae.weights lookup)
+    cmmd_model: str | None = None,  # CMMD's CLIP: a local directory or hub id (default: HUB_MODELS["clip"])
     precision: str = "fp32",  # a resolved precision (latentae.runtime): bf16 / fp16 run the models under autocast
     # (metrics stay fp32 / fp64)
     max_images: int | None = None,  # the first N images of the data's order (any process count); None: all
@@ -228,8 +238,8 @@ def evaluate_many(
     rank, ranks = _rank(), world_size()
     main = rank == 0
     runs = {name: _ModelRun(m, metrics=metrics, lpips_net=lpips_net, lpips_trunk=lpips_trunk, fid_feature=fid_feature,
-                            fid_weights=fid_weights, active_threshold=active_threshold, device=device,
-                            tiling=tiling)
+                            fid_weights=fid_weights, cmmd_model=cmmd_model, active_threshold=active_threshold,
+                            device=device, tiling=tiling)
             for name, m in models.items()}
     fid_meter = next((run.meters["rfid"] for run in runs.values() if "rfid" in run.meters), None)
     fingerprint = {"extractor": extractor_identity(fid_meter), "protocol": data_protocol} if fid_meter else {}
@@ -322,11 +332,13 @@ def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str],
             note = run.meters["rfid"].sample_note(n_images)
             if note:
                 protocol["notes"].append(note)
-    if "fd_dinov2" in run.meters:  # both sides per model: it has no cached reference
-        if n_images < 2:
-            unavailable["fd_dinov2"] = f"FD-DINOv2 needs at least 2 images, got {n_images}"
+    for name, label in BOTH_SIDES.items():  # the same branches on every rank: n_images is global
+        if name not in run.meters:
+            continue
+        if n_images < run.meters[name].min_images:
+            unavailable[name] = f"{label} needs at least {run.meters[name].min_images} images, got {n_images}"
         else:
-            results["fd_dinov2"] = run.meters["fd_dinov2"].compute()
+            results[name] = run.meters[name].compute()
     tiled = int(all_reduce_sum(torch.tensor(run.tiled, device=device)))
     if tiled:
         protocol["tiling"] = (f"{tiled} of {n_images} images reconstructed in tiles (--tiling {run.tiling}; auto: "

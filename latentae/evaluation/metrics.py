@@ -111,6 +111,8 @@ class FIDMetric(nn.Module):
     States are summed over ranks in `compute` (not by torchmetrics' own sync), which every rank must call.
     """
 
+    min_images = 2  # covariances need two
+
     def __init__(self, feature: int | str | nn.Module = DEFAULT_PROTOCOL, weights_path: str | Path | None = None):
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance

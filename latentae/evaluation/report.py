@@ -25,6 +25,7 @@ _ROWS = {
     "lpips": ("LPIPS", "{:.4f}", "lower"),
     "rfid": ("rFID", "{:.3f}", "lower"),
     "fd_dinov2": ("FD-DINOv2", "{:.3f}", "lower"),
+    "cmmd": ("CMMD", "{:.4f}", "lower"),
     "codebook_usage": ("codebook usage", "{:.2%}", "higher"),
     "perplexity": ("codebook perplexity", "{:.1f}", "higher"),
     "entropy_bits": ("code entropy (bits)", "{:.3f}", ""),
