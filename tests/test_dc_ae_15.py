@@ -193,3 +193,20 @@ def test_export_is_plain_autoencoder_dc_and_eval_reports_each_count(tmp_path, de
     capsys.readouterr()
     assert main([*args, "--output", str(tmp_path / "bad"), "--channels", "3"]) != 0
     assert "--channels 3: export serves [2, 4, 8] channels" in capsys.readouterr().err
+
+
+def test_finetuning_an_export_keeps_sampling_its_counts(tmp_path, demo_images, monkeypatch):
+    from latentae.exporting import export
+
+    export(tiny_model(), tmp_path / "pretrained")
+    seen = recorded_counts(monkeypatch)
+    config = write_config(tmp_path, demo_images)
+    raw = yaml.safe_load(config.read_text())
+    del raw["model"]
+    raw["train"].update(init_from=str(tmp_path / "pretrained"), max_steps=4, sample_channels=[2, 4])
+    config.write_text(yaml.safe_dump(raw))
+    run = Run(load_run_config(str(config), []))
+    run.fit()
+    assert len(seen) == 4 and set(seen) <= {2, 4}
+    assert json.loads((tmp_path / "run" / "export" / "latentae.json").read_text())["options"] == {
+        "structured_channels": COUNTS}
