@@ -167,7 +167,8 @@ def run(args):
                             data_protocol=crop, fid_reference=reference, tiling=args.tiling,
                             fid_feature=args.fid_protocol)
     if accelerator.is_main_process:
-        output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if len(args.model) == 1 else "eval-compare"))
+        one = len(args.model) == 1
+        output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if one else "eval-compare"))
         base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,
                 "crop": f"{crop}; {COMPARED}", "max_images": args.max_images}
         if "lpips" in metrics:
