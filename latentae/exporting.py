@@ -178,6 +178,8 @@ def export(model, output_dir: str | Path, *, metadata: dict | None = None) -> Pa
         side["format"] = type(module).__name__
         if isinstance(model, VQTokenizer):  # lookup and training options that a re-imported model keeps
             side["quantizer"] = {k: v for k, v in spec.items() if k in ("l2_normalize", "beta", "grad_estimator")}
+        if isinstance(model, WrappedAutoencoder) and model.latentae_options:  # e.g. a structured latent's counts
+            side["options"] = model.latentae_options
     else:
         if not isinstance(model, VQTokenizer):  # the other quantizers' format is latentae's by design: no news
             print(f"export: {obstacle}: written in latentae's format, which latentae.load opens", file=sys.stderr)

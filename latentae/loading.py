@@ -58,13 +58,20 @@ def _from_kl(cls_name: str):
     return load_kl
 
 
+def _from_wrapped(cls):
+    def load_wrapped(path: Path):  # with latentae's own options an export keeps beside config.json
+        side = json.loads((path / SIDE_FILE).read_text()) if (path / SIDE_FILE).is_file() else {}
+        return cls.from_pretrained(path, options=side.get("options"))
+    return load_wrapped
+
+
 # The one place that maps a diffusers class to the latentae model that runs it (an adapter per family): the
 # commands see only latentae models (latentae/models/families.py), never diffusers classes.
 DIFFUSERS_ADAPTERS = {
     "AutoencoderKL": _from_kl("AutoencoderKL"),
     "AutoencoderKLFlux2": _from_kl("AutoencoderKLFlux2"),
     "VQModel": _from_vq_model,
-    **{name: cls.from_pretrained for name, cls in WRAPPED_CLASSES.items()},
+    **{name: _from_wrapped(cls) for name, cls in WRAPPED_CLASSES.items()},
 }
 SUPPORTED = (f"latentae.load opens diffusers {', '.join(DIFFUSERS_ADAPTERS)} directories (standard VAE blocks for "
              f"the KL and VQ classes; a pipeline directory's vae/ or vqvae/), latentae exports ({', '.join(_LATENTAE_SAVED)}), "

@@ -38,6 +38,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1."""
+    return [positive_int(v) for v in text.split(",") if v.strip()] or positive_int("")
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -8,7 +8,8 @@ Several --model: side by side. The images are read and decoded once and go throu
 its full report in OUTPUT/NAME, and OUTPUT gets compare.md / compare.json (a row per model: PSNR, SSIM, LPIPS,
 rFID, latent shape, compression ratio = pixels x 3 / latent elements, encode and decode ms per image) and
 grid.png (inputs, then each model's reconstructions). With --resolution native the crop is a multiple of every
-model's downsampling factor.
+model's downsampling factor. A model with a structured latent (DC-AE 1.5, model.structured_channels) counts as one
+model per channel count it serves ("NAME c16", ...; --channels picks some), so its counts share one table.
 
 Protocol: each image's shorter side is resized to --resolution (bicubic, antialiased when shrinking; smaller
 images are upscaled) and the center square is cropped; with --resolution native the whole image is used, center-
@@ -34,7 +35,8 @@ import math
 from pathlib import Path
 
 from latentae.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, FID_PROTOCOLS, IMAGE_METRICS, NATIVE,
-                              TILE_ABOVE_PIXELS, TILING, non_negative_int, positive_int, resolution_or_native)
+                              TILE_ABOVE_PIXELS, TILING, non_negative_int, positive_int, positive_ints,
+                              resolution_or_native)
 
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
 
@@ -80,6 +82,9 @@ def add_arguments(p):
                    f"linearly: auto tiles images above {TILE_ABOVE_PIXELS // 2**20} Mpx ({TILE_ABOVE_PIXELS} pixels, "
                    "e.g. 2048 x 2048; Kodak's 768 x 512 stays whole) to bound the model's memory; on; off (default: "
                    "off: tiles move the numbers, see BENCHMARKS.md)")
+    p.add_argument("--channels", type=positive_ints, metavar="N,N,...", help="a model with a structured latent "
+                   "(DC-AE 1.5) at these leading-channel counts, each one row of one table (default: every count it "
+                   "was trained for, from its latentae.json)")
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="the model's precision "
                    "(metrics stay fp32): bf16 autocast, fp32, or auto: bf16 where it is faster on this machine / "
                    f"GPU, else fp32 (default: {DEFAULT_PRECISION})")
@@ -106,6 +111,29 @@ def _check_resolution(resolution: int, factors: dict[str, int], factor: int) -> 
                             f"be one to come back from the decoder at their size; nearest valid: {nearest}")
 
 
+def _at_channel_counts(models: dict, paths: list[str], channels: list[int] | None) -> tuple[dict, list[str]]:
+    """Each model with a structured latent as one entry per channel count ("NAME c16", ...: `channels`, or all the
+    counts it serves), the others as they are; and the path of each entry."""
+    from latentae.errors import LatentaeError
+
+    if channels is not None and not any(m.bottleneck.channel_counts for m in models.values()):
+        raise LatentaeError("--channels: no model here has a structured latent (DC-AE 1.5's structured_channels)")
+    entries, entry_paths = {}, []
+    for (name, model), path in zip(models.items(), paths):
+        counts = model.bottleneck.channel_counts
+        if not counts:
+            entries[name] = model
+            entry_paths.append(path)
+            continue
+        wrong = [n for n in channels or () if n not in counts]
+        if wrong:
+            raise LatentaeError(f"--channels {','.join(map(str, wrong))}: {name} serves {list(counts)} channels")
+        for n in channels or counts:
+            entries[f"{name} c{n}"] = model.at_channels(n)
+            entry_paths.append(path)
+    return entries, entry_paths
+
+
 def run(args):
     import torch
     from accelerate import Accelerator
@@ -121,7 +149,8 @@ def run(args):
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     paths = args.model
-    models = {name: load(path, device=accelerator.device) for name, path in zip(_names(paths), paths)}
+    models, paths = _at_channel_counts({name: load(path, device=accelerator.device)
+                                        for name, path in zip(_names(paths), paths)}, paths, args.channels)
     native = args.resolution is None
     factors = {name: m.crop_multiple for name, m in models.items()}
     factor = math.lcm(*factors.values())  # native crops every model can take: the same images for all
@@ -142,7 +171,8 @@ def run(args):
                             data_protocol=crop, fid_reference=reference, tiling=args.tiling,
                             fid_feature=args.fid_protocol, cmmd_model=args.cmmd_model)
     if accelerator.is_main_process:
-        output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if len(paths) == 1 else "eval-compare"))
+        one = len(args.model) == 1
+        output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if one else "eval-compare"))
         base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,
                 "crop": f"{crop}; {COMPARED}", "max_images": args.max_images}
         if "lpips" in metrics:
@@ -150,7 +180,7 @@ def run(args):
         written = []
         for (name, result), path in zip(results.items(), paths):
             setup = {"model": str(path), "model_class": type(models[name]).__name__, **base}
-            folder = output if len(paths) == 1 else output / name.replace("/", "_").replace(":", "_")
+            folder = output if len(paths) == 1 else output / name.replace("/", "_").replace(":", "_").replace(" ", "_")
             written += write_report(result, folder, setup).values()
             if len(paths) == 1:
                 print(markdown(result, setup))

@@ -19,6 +19,9 @@ class Bottleneck:
     # why its latents already are a diffusion model's (normalized) ones and get no measured constants; None: they
     # are not
     normalized_by: str | None = None
+    # a structured latent (DC-AE 1.5): the leading-channel counts it decodes, ascending, the last the full latent;
+    # `model.at_channels(n)` is the model using only the first n; () for every other model
+    channel_counts: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.kind not in get_args(Kind):

@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from latentae.models.config import ModelConfig
+from latentae.models.dc import DCAutoencoder
+from latentae.models.dc_config import DCConfig
 from latentae.models.image_vaes import HunyuanImageAutoencoder, QwenImageAutoencoder, RAEAutoencoder, WanAutoencoder
 from latentae.models.kl import KLAutoencoder
 from latentae.models.kl_config import KLConfig
 from latentae.models.taesd import TAESDAutoencoder
 from latentae.models.vq import VQTokenizer
 from latentae.models.vq_config import VQConfig
-from latentae.models.wrapped import DCAutoencoder, TinyAutoencoder, WrappedAutoencoder
+from latentae.models.wrapped import TinyAutoencoder, WrappedAutoencoder
 from latentae.models.wrapped_config import WrappedConfig
 
 
@@ -28,7 +30,8 @@ FAMILIES = {f.name: f for f in (
     Family("kl", KLAutoencoder, KLConfig, "Gaussian posterior (SD VAE, SD3, FLUX.1, FLUX.2)"),
     Family("vq", VQTokenizer, VQConfig, "quantized tokenizer (model.quantizer: VQ, SimVQ, IBQ, BSQ, FSQ, LFQ, Gumbel, "
                                         "residual, VQ-VAE-2)"),
-    Family("dc", DCAutoencoder, WrappedConfig, "DC-AE (diffusers AutoencoderDC), deterministic"),
+    Family("dc", DCAutoencoder, DCConfig, "DC-AE (diffusers AutoencoderDC), deterministic; DC-AE 1.5's structured "
+                                       "latent with model.structured_channels"),
     Family("tiny", TinyAutoencoder, WrappedConfig, "TAESD-style diffusers AutoencoderTiny, deterministic"),
     Family("taesd", TAESDAutoencoder, WrappedConfig, "the TAESD family in its authors' layout (TAEF2's pool branch, "
                                                      "TAESANA's f32), deterministic"),

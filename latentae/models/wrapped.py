@@ -1,6 +1,6 @@
-"""Diffusers autoencoders behind latentae's model interface: here the deterministic ones (no posterior, no codebook),
-`AutoencoderDC` (DC-AE, deep compression f32 / f64, SANA's) and `AutoencoderTiny` (TAESD family); the image VAEs of
-current pipelines build on the same base (latentae/models/image_vaes.py).
+"""Diffusers autoencoders behind latentae's model interface: here the base and `AutoencoderTiny` (TAESD family);
+`AutoencoderDC` (DC-AE, deep compression f32 / f64, SANA's; DC-AE 1.5's structured latent) in latentae/models/dc.py,
+the image VAEs of current pipelines in latentae/models/image_vaes.py, all on the same base.
 
 The diffusers module itself is held as `vae`, untouched: its state dict is the exported one (under `vae.`), and
 `save_pretrained` writes the directory its pipelines load. latentae's interface on top: `encode(images)` ->
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderDC, AutoencoderTiny
+from diffusers import AutoencoderTiny
 from diffusers.configuration_utils import FrozenDict
 from torch import Tensor, nn
 
@@ -33,8 +33,14 @@ class WrappedAutoencoder(nn.Module):
         self.vae = vae if vae is not None else self.diffusers_class(**config)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> "WrappedAutoencoder":
-        return cls(cls.diffusers_class.from_pretrained(path, **kwargs))
+    def from_pretrained(cls, path: str | Path, options: dict | None = None, **kwargs) -> "WrappedAutoencoder":
+        """`options`: latentae's own keys (`latentae_options`, as an export's latentae.json keeps them)."""
+        return cls(cls.diffusers_class.from_pretrained(path, **kwargs), **(options or {}))
+
+    @property
+    def latentae_options(self) -> dict:
+        """latentae's keys of this model beyond its class's config.json (the export keeps them in latentae.json)."""
+        return {}
 
     def save_pretrained(self, path: str | Path, **kwargs) -> None:
         self.vae.save_pretrained(path, **kwargs)
@@ -90,22 +96,6 @@ class WrappedAutoencoder(nn.Module):
     def encoder_last_layer(self) -> nn.Parameter:
         """The encoder's output weight (loss.vf's adaptive weight compares gradient norms here)."""
         raise NotImplementedError
-
-
-class DCAutoencoder(WrappedAutoencoder):
-    """DC-AE (Chen et al. 2025, "Deep Compression Autoencoder for Efficient High-Resolution Diffusion Models")."""
-
-    family = "dc"
-    diffusers_class = AutoencoderDC
-
-    def encode(self, images: Tensor) -> Tensor:
-        return self.vae.encode(images).latent  # DC's EncoderOutput names it `latent`, Tiny's `latents`
-
-    def last_layer(self) -> nn.Parameter:
-        return self.vae.decoder.conv_out.weight
-
-    def encoder_last_layer(self) -> nn.Parameter:
-        return self.vae.encoder.conv_out.weight
 
 
 class TinyAutoencoder(WrappedAutoencoder):

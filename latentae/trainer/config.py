@@ -54,6 +54,9 @@ class TrainConfig:
     # default: at scale the GAN phase lowers PSNR / SSIM while it sharpens, so "best by PSNR" would discard it
     export: Literal["last", "best"] = "last"
     export_metric: str = "psnr"  # export=best: one of EXPORT_METRICS, measured on data.val (in eval.metrics)
+    # a structured latent (model.structured_channels, DC-AE 1.5): the channel counts each step draws from,
+    # uniformly, as a function of (seed, step); null: every count of the model's
+    sample_channels: list[int] | None = None
 
     def __post_init__(self):
         if self.trainable != ["all"] and not self.init_from:

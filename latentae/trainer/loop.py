@@ -34,6 +34,7 @@ from latentae.models.config import config_of
 from latentae.quantizers.base import Quantizer
 from latentae.runtime import Placement, resolve
 from latentae.trainer import checkpoint
+from latentae.trainer.channels import ChannelSchedule
 from latentae.trainer.checkpoint import TrainState
 from latentae.trainer.config import EXPORT_METRICS, RunConfig, check_adaptive_weight
 from latentae.trainer.monitor import Monitor
@@ -143,6 +144,8 @@ class Run:
         self.loss = AutoencoderLoss(cfg.loss, self.model.bottleneck, micro_batches=cfg.train.grad_accum,
                                     latent_channels=channels).to(acc.device)  # loss.vf loads DINOv2: fails here
         self.teacher = Teacher(cfg.train.teacher, self.model, acc.device) if cfg.train.teacher else None
+        self.channels = ChannelSchedule(self.model, cfg.train.sample_channels, cfg.seed, teacher=bool(self.teacher),
+                                        vf=self.loss.vf is not None)
         self.ema = make_ema(self.model, cfg)
         self.quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
         self.state = TrainState()
@@ -200,7 +203,7 @@ class Run:
             images = batch["image"].to(acc.device, non_blocking=True)
             if self.cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with acc.accumulate(*self.synchronized):
+            with acc.accumulate(*self.synchronized), self.channels.at(step) as channels:
                 out = self.model_ddp(images, **({} if self.teacher is None else
                                                 {"target": self.teacher.targets(images)}))
                 g_total, g_logs = self.loss(images, out, step, mode="generator", last_layer=self.model.last_layer(),
@@ -226,6 +229,8 @@ class Run:
         logs["lr/generator"] = cfg.lr * factor
         logs["lr/discriminator"] = disc_lr(cfg) * factor
         logs["nan_skipped"] = self.state.nan_skipped
+        if channels is not None:
+            logs["latent_channels"] = channels
         self.last_images = (images, out.reconstruction)
         return report
 
