@@ -200,6 +200,13 @@ HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
     HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
              "the VF alignment loss (set loss.vf.weight=0 to train without it) and FD-DINOv2 in `latentae eval` and "
              "the probe (reported unavailable without it)", "loss.vf.model"),
+    # a fresh RAE's frozen encoder (the authors' encoders; model.encoder_weights: random for a smoke run)
+    *(HubModel(f"rae-{kind}", repo, ("config.json", "model.safetensors"),
+               f"a fresh RAE's frozen {kind} encoder (model.family rae, model.diffusers.encoder_type {kind}; "
+               "model.encoder_weights: random trains on a random-init one, for smoke runs only)",
+               "model.encoder_weights")
+      for kind, repo in (("dinov2", "facebook/dinov2-with-registers-base"),
+                         ("siglip2", "google/siglip2-base-patch16-256"), ("mae", "facebook/vit-mae-base"))),
 ]}
 
 

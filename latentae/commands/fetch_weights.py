@@ -16,6 +16,9 @@ loss's feature model) goes into the Hugging Face cache (`$HF_HOME/hub`), or with
 directory to set as loss.vf.model:
 
   latentae fetch-weights --only dinov2
+
+Also only when named: rae-dinov2, rae-siglip2, rae-mae (the authors' RAE encoders, facebook/dinov2-with-registers-base,
+google/siglip2-base-patch16-256, facebook/vit-mae-base), needed to train a fresh model.family rae.
 """
 from __future__ import annotations
 
