@@ -10,6 +10,7 @@ import yaml
 from diffusers import AutoencoderRAE
 
 from families import rae as tiny_rae_vae
+from latentae.config import ConfigError
 from latentae.errors import ModelFormatError
 from latentae.models import ModelConfig, build_model
 from latentae.trainer.config import load_run_config
@@ -124,6 +125,11 @@ def test_training_keeps_the_encoder_bit_identical_and_exports_what_diffusers_loa
         assert torch.equal(exported(images.add(1).div(2)).sample * 2 - 1, model(images).reconstruction)
     reference = {**exported.state_dict()}
     assert all(torch.equal(v, reference[k]) for k, v in model.vae.state_dict().items())
+
+
+def test_alignment_loss_is_refused_for_the_frozen_encoder(tmp_path, demo_images):
+    with pytest.raises(ConfigError, match=r"loss\.vf\.weight=0"):
+        Run(load_run_config(PRESET, run_overrides(tmp_path, demo_images, "loss.vf.weight=0.1")))
 
 
 def test_decoder_only_finetune_of_an_autoencoder_rae_directory(tmp_path, demo_images):

@@ -136,3 +136,9 @@ class RAEAutoencoder(WrappedAutoencoder):
 
     def last_layer(self) -> nn.Parameter:
         return self.vae.decoder.decoder_pred.weight
+
+    def encoder_last_layer(self) -> nn.Parameter:
+        from latentae.config import ConfigError
+
+        raise ConfigError("config key 'loss.vf.weight': the alignment trains the encoder, and an RAE's is a frozen "
+                          "representation model already: set loss.vf.weight=0")
