@@ -132,6 +132,14 @@ def test_alignment_loss_is_refused_for_the_frozen_encoder(tmp_path, demo_images)
         Run(load_run_config(PRESET, run_overrides(tmp_path, demo_images, "loss.vf.weight=0.1")))
 
 
+def test_a_training_resolution_the_decoder_does_not_make_is_named(tmp_path, demo_images):
+    cfg = load_run_config(PRESET, run_overrides(tmp_path, demo_images, "data.resolution=48"))
+    with pytest.raises(ConfigError, match=r"'data\.resolution' is 48, but this RAE reconstructs 32 px"):
+        Run(cfg)
+    preset = load_run_config(PRESET, ["data.train=x"])  # the preset: 224 px in, 16 x 16 tokens, 256 px out
+    assert preset.model.at_resolution(256) is preset.model
+
+
 def test_decoder_only_finetune_of_an_autoencoder_rae_directory(tmp_path, demo_images):
     tiny_rae_vae().save_pretrained(tmp_path / "pretrained")
     before = AutoencoderRAE.from_pretrained(tmp_path / "pretrained").state_dict()

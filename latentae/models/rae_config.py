@@ -29,6 +29,23 @@ class RAEConfig(WrappedConfig):
         if self.noise_tau < 0:
             raise ConfigError(f"config key 'model.noise_tau' must be >= 0, got {self.noise_tau}")
 
+    def at_resolution(self, resolution: int) -> RAEConfig:
+        """Unchanged: the decoder reconstructs one size, patch_size x the encoder's token grid side, which must be
+        the training resolution."""
+        import inspect
+
+        from diffusers import AutoencoderRAE
+
+        keys = {**{k: p.default for k, p in inspect.signature(AutoencoderRAE.__init__).parameters.items()},
+                **self.diffusers}
+        size = keys["patch_size"] * (keys["encoder_input_size"] // keys["encoder_patch_size"])
+        if size != resolution:
+            raise ConfigError(f"config key 'data.resolution' is {resolution}, but this RAE reconstructs {size} px "
+                              f"images (model.diffusers.patch_size {keys['patch_size']} x a "
+                              f"{keys['encoder_input_size'] // keys['encoder_patch_size']}-token side): set "
+                              f"data.resolution={size}, or the model keys")
+        return self
+
     def model_kwargs(self) -> dict:
         return {**self.diffusers, "noise_tau": self.noise_tau, "encoder_weights": self.encoder_weights}
 
