@@ -1,7 +1,11 @@
 """Training an RAE decoder (model.family: rae): the frozen encoder (no gradient, bit-identical after training, its
 weights from transformers or one clear error), the training latent noise (its distribution, its seed), the export
-loading in diffusers with the training model's outputs, and a decoder-only fine-tune of an AutoencoderRAE
-directory."""
+loading in diffusers with the training model's outputs, a decoder-only fine-tune of an AutoencoderRAE directory,
+and two gloo processes staying identical."""
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,7 @@ import torch
 import yaml
 from diffusers import AutoencoderRAE
 
+from conftest import free_port
 from families import rae as tiny_rae_vae
 from latentae.config import ConfigError
 from latentae.errors import ModelFormatError
@@ -153,6 +158,20 @@ def test_decoder_only_finetune_of_an_autoencoder_rae_directory(tmp_path, demo_im
     after = AutoencoderRAE.from_pretrained(tmp_path / "run" / "export").state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("decoder."))
     assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("decoder."))
+
+
+@pytest.mark.slow
+def test_two_process_training_keeps_ranks_identical_and_the_encoder_frozen(tmp_path, demo_images):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(ROOT / "tests" / "dist_rae_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["world_size"] == 2 and len(report["steps"]) == 3
+        for i, step in enumerate(report["steps"]):
+            assert all(step.values()), f"rank {rank}, step {i}: {step}"
 
 
 def dinov2_directory(path: Path, hidden: int = 64) -> Path:
