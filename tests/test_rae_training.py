@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderRAE
-
 from conftest import free_port
+from diffusers import AutoencoderRAE
 from families import rae as tiny_rae_vae
+
 from latentae.config import ConfigError
 from latentae.errors import ModelFormatError
 from latentae.models import ModelConfig, build_model
@@ -25,9 +25,9 @@ from latentae.weights import MissingWeightsError
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = str(ROOT / "configs" / "rae-dinov2-b.yaml")
 # a 1-layer 64-wide DINOv2-with-registers encoder (8 px patches of 32 px: 4 x 4 tokens), a 1-layer decoder
-TINY = dict(encoder_hidden_size=64, encoder_patch_size=8, encoder_num_hidden_layers=1, encoder_input_size=32,
-            decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-            decoder_intermediate_size=64, patch_size=8)
+TINY = {"encoder_hidden_size": 64, "encoder_patch_size": 8, "encoder_num_hidden_layers": 1, "encoder_input_size": 32,
+        "decoder_hidden_size": 32, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2,
+        "decoder_intermediate_size": 64, "patch_size": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +41,8 @@ def fresh_accelerate_state():
 
 def tiny_model(**extra):
     torch.manual_seed(0)
-    return build_model(ModelConfig(family="rae", encoder_weights="random", diffusers={**TINY, **extra.pop("diffusers", {})},
-                                   **extra))
+    diffusers = {**TINY, **extra.pop("diffusers", {})}
+    return build_model(ModelConfig(family="rae", encoder_weights="random", diffusers=diffusers, **extra))
 
 
 def run_overrides(out, data, *extra) -> list[str]:
@@ -165,7 +165,7 @@ def test_two_process_training_keeps_ranks_identical_and_the_encoder_frozen(tmp_p
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "tests" / "dist_rae_worker.py"), str(tmp_path / "run"), str(demo_images), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in range(2):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -192,6 +192,13 @@ def test_encoder_weights_come_from_a_transformers_model(tmp_path):
     loaded = model.vae.encoder.state_dict()
     assert set(source) - set(loaded) == {"layernorm.weight", "layernorm.bias"}  # the identity final norm, as RAE's
     assert all(torch.equal(loaded[k], source[k]) for k in loaded)
+
+    (tmp_path / "dino" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3,
+                                                                            "image_std": [0.5] * 3}))
+    with pytest.raises(ModelFormatError, match=r"model\.diffusers\.encoder_norm_mean=\[0\.5, 0\.5, 0\.5\]"):
+        build_model(ModelConfig(family="rae", encoder_weights=str(tmp_path / "dino"), diffusers=TINY))
+    build_model(ModelConfig(family="rae", encoder_weights=str(tmp_path / "dino"),
+                            diffusers={**TINY, "encoder_norm_mean": [0.5] * 3, "encoder_norm_std": [0.5] * 3}))
 
     dinov2_directory(tmp_path / "wide", hidden=128)
     with pytest.raises(ModelFormatError, match=r"model\.diffusers\.encoder_hidden_size=64 \(wide has hidden_size 128"):

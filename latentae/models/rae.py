@@ -72,12 +72,30 @@ def load_encoder_weights(vae: AutoencoderRAE, source: str | None) -> None:
     if wrong:
         raise ModelFormatError(f"config key 'model.encoder_weights': {directory} does not fit the encoder the config "
                                f"builds: set {', '.join(wrong)}")
+    check_input_normalization(vae, directory)
     pretrained = getattr(transformers, spec.loader).from_pretrained(str(directory), local_files_only=True)
     if spec.submodule:
         pretrained = getattr(pretrained, spec.submodule)
     state = {spec.prefix + k: v for k, v in pretrained.state_dict().items()
              if not (spec.prefix + k).startswith(spec.final_norm)}
     vae.encoder.load_state_dict(state, strict=True)
+
+
+def check_input_normalization(vae: AutoencoderRAE, directory) -> None:
+    """The encoder sees images normalized as it was trained (the authors read its image processor's mean / std:
+    ImageNet's for DINOv2 and MAE, 0.5 for SigLIP2); checked where the directory has a preprocessor_config.json."""
+    processor = directory / "preprocessor_config.json"
+    if not processor.is_file():
+        return
+    spec = json.loads(processor.read_text())
+    want = {"encoder_norm_mean": spec.get("image_mean"), "encoder_norm_std": spec.get("image_std")}
+    have = {"encoder_norm_mean": vae.encoder_mean.flatten().tolist(),
+            "encoder_norm_std": vae.encoder_std.flatten().tolist()}
+    wrong = [f"model.diffusers.{k}={want[k]}" for k in want
+             if want[k] is not None and not torch.allclose(torch.tensor(want[k]), torch.tensor(have[k]))]
+    if wrong:
+        raise ModelFormatError(f"config key 'model.encoder_weights': {directory.name}'s image processor normalizes "
+                               f"its inputs otherwise than the config: set {' '.join(wrong)}")
 
 
 class RAEAutoencoder(WrappedAutoencoder):
@@ -100,7 +118,7 @@ class RAEAutoencoder(WrappedAutoencoder):
             load_encoder_weights(self.vae, encoder_weights)
         self.vae.encoder.requires_grad_(False).eval()  # frozen whatever train.trainable selects
 
-    def train(self, mode: bool = True) -> "RAEAutoencoder":
+    def train(self, mode: bool = True) -> RAEAutoencoder:
         """The encoder stays in eval mode (the authors': no dropout / drop-path in it while the decoder trains);
         the vae's own training flag switches its latent noise on."""
         super().train(mode)
