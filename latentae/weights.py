@@ -204,6 +204,13 @@ HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
              "the probe (reported unavailable without it)", "loss.vf.model"),
     HubModel("clip", "openai/clip-vit-large-patch14-336", ("config.json", "pytorch_model.bin"),
              "CMMD in `latentae eval --metrics ...,cmmd` (reported unavailable without it)", "--cmmd-model"),
+    # a fresh RAE's frozen encoder (the authors' encoders; model.encoder_weights: random for a smoke run)
+    *(HubModel(f"rae-{kind}", repo, ("config.json", "model.safetensors"),
+               f"a fresh RAE's frozen {kind} encoder (model.family rae, model.diffusers.encoder_type {kind}; "
+               "model.encoder_weights: random trains on a random-init one, for smoke runs only)",
+               "model.encoder_weights")
+      for kind, repo in (("dinov2", "facebook/dinov2-with-registers-base"),
+                         ("siglip2", "google/siglip2-base-patch16-256"), ("mae", "facebook/vit-mae-base"))),
 ]}
 
 

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from latentae.models.config import ModelConfig
 from latentae.models.dc import DCAutoencoder
 from latentae.models.dc_config import DCConfig
-from latentae.models.image_vaes import HunyuanImageAutoencoder, QwenImageAutoencoder, RAEAutoencoder, WanAutoencoder
+from latentae.models.image_vaes import HunyuanImageAutoencoder, QwenImageAutoencoder, WanAutoencoder
 from latentae.models.kl import KLAutoencoder
 from latentae.models.kl_config import KLConfig
+from latentae.models.rae import RAEAutoencoder
+from latentae.models.rae_config import RAEConfig
 from latentae.models.taesd import TAESDAutoencoder
 from latentae.models.vq import VQTokenizer
 from latentae.models.vq_config import VQConfig
@@ -35,8 +37,8 @@ FAMILIES = {f.name: f for f in (
     Family("tiny", TinyAutoencoder, WrappedConfig, "TAESD-style diffusers AutoencoderTiny, deterministic"),
     Family("taesd", TAESDAutoencoder, WrappedConfig, "the TAESD family in its authors' layout (TAEF2's pool branch, "
                                                      "TAESANA's f32), deterministic"),
-    Family("rae", RAEAutoencoder, WrappedConfig, "AutoencoderRAE: frozen representation encoder and ViT decoder, "
-                                                 "deterministic"),
+    Family("rae", RAEAutoencoder, RAEConfig, "AutoencoderRAE: frozen representation encoder and trained ViT decoder, "
+                                              "deterministic"),
     Family("qwenimage", QwenImageAutoencoder, WrappedConfig, "AutoencoderKLQwenImage, Gaussian posterior"),
     Family("wan", WanAutoencoder, WrappedConfig, "AutoencoderKLWan, Gaussian posterior"),
     Family("hunyuanimage", HunyuanImageAutoencoder, WrappedConfig, "AutoencoderKLHunyuanImage, Gaussian posterior"),

@@ -4,7 +4,7 @@ tiny autoencoders (latentae/models/wrapped.py):
   AutoencoderKLQwenImage     Qwen-Image            Gaussian posterior (family kl), f8, 16 channels
   AutoencoderKLWan           Wan 2.1 / 2.2         Gaussian posterior (family kl), f8 (2.2: 2x2 patchify, f16)
   AutoencoderKLHunyuanImage  HunyuanImage 2.1      Gaussian posterior (family kl), f32, 64 channels
-  AutoencoderRAE             RAE                   frozen representation encoder + ViT decoder, deterministic
+  AutoencoderRAE             RAE                   frozen representation encoder + ViT decoder (models/rae.py)
 
 The posterior ones expose `posterior(images)` as KLAutoencoder does, so the KL term, KL per channel and the
 sample / mean statistics apply. Qwen-Image and Wan are video autoencoders ([B, C, T, H, W], causal 3D convolutions):
@@ -20,11 +20,10 @@ from diffusers import (
     AutoencoderKLHunyuanImage,
     AutoencoderKLQwenImage,
     AutoencoderKLWan,
-    AutoencoderRAE,
 )
 from torch import Tensor, nn
 
-from latentae.models.bottleneck import GAUSSIAN, Bottleneck
+from latentae.models.bottleneck import GAUSSIAN
 from latentae.models.output import AutoencoderOutput, posterior_forward
 from latentae.models.posterior import GaussianPosterior
 from latentae.models.wrapped import WrappedAutoencoder
@@ -124,40 +123,4 @@ class HunyuanImageAutoencoder(PosteriorAutoencoder):
         return 2 ** min(int(math.log2(self.config["spatial_compression_ratio"])), levels)
 
 
-class RAEAutoencoder(WrappedAutoencoder):
-    """Representation autoencoder (Zheng et al. 2025): a frozen DINOv2 / SigLIP2 / MAE encoder (resized input, its
-    patch tokens as the latent) and a ViT decoder. Works in [0, 1] pixels inside (ImageNet mean / std on the way in);
-    decodes image_size px whatever the input size, so images must be that size."""
-
-    family = "rae"
-    diffusers_class = AutoencoderRAE
-    channels_key = "encoder_hidden_size"
-    # its encode applies latents_mean / latents_std / scaling_factor itself (buffers in its weights, which override
-    # config.json): the latents already are the diffusion model's, and a config write would change nothing; its
-    # encoder is a frozen representation model, so it learns no teacher's latents either
-    normalizes_in_encode = True  # latent_norm: its pipeline-side normalization is the identity
-    bottleneck = Bottleneck("deterministic", normalized_by=(
-        "its encode applies the latents_mean / latents_std buffers in its weights, which override config.json"))
-
-    @property
-    def downsample_factor(self) -> int:  # decoder patch: image_size / token grid side
-        return self.config["patch_size"]
-
-    def encode(self, images: Tensor) -> Tensor:
-        size = self.vae.decoder_image_size
-        if images.shape[-2:] != (size, size):
-            from latentae.errors import LatentaeError
-
-            raise LatentaeError(f"AutoencoderRAE reconstructs {size}x{size} px images only (its decoder's "
-                                f"image_size), got {images.shape[-2]}x{images.shape[-1]}: evaluate at --resolution "
-                                f"{size}")
-        return self.vae.encode((images + 1) / 2).latent
-
-    def decode(self, latents: Tensor) -> Tensor:
-        return self.vae.decode(latents).sample * 2 - 1
-
-    def last_layer(self) -> nn.Parameter:
-        return self.vae.decoder.decoder_pred.weight
-
-
-IMAGE_VAES = (QwenImageAutoencoder, WanAutoencoder, HunyuanImageAutoencoder, RAEAutoencoder)
+IMAGE_VAES = (QwenImageAutoencoder, WanAutoencoder, HunyuanImageAutoencoder)
