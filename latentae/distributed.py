@@ -4,7 +4,6 @@ run the same code; under a launch every rank must call each of them, in the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -56,12 +55,19 @@ def broadcast_from_rank0(t: Tensor) -> Tensor:
     return t
 
 
+def leave() -> None:
+    """Every rank waits for the others, then tears its process group down. Left to interpreter exit, a rank's gloo
+    threads can die while a peer still finishes ("terminate called without an active exception", abort)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @dataclass(frozen=True)
 class Launch:
     rank: int
     world_size: int
     device: torch.device
-    barrier: Callable[[], None]  # every rank waits here until all arrive
 
 
 def launch() -> Launch:
@@ -70,4 +76,4 @@ def launch() -> Launch:
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True a CPU torchrun stays 1 process
-    return Launch(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
+    return Launch(state.process_index, state.num_processes, state.device)

@@ -77,7 +77,7 @@ def add_arguments(p):
 
 def run(args):
     from latentae.data.sources import expand_sources
-    from latentae.distributed import launch
+    from latentae.distributed import launch, leave
     from latentae.errors import LatentaeError
     from latentae.latents.encode import encode_dataset, write_manifest
     from latentae.loading import load
@@ -106,7 +106,7 @@ def run(args):
     for shard, errors in report.read_errors.items():
         print(f"latentae encode: warning: input of {shard} is damaged ({errors[0]}); the samples before the damage "
               "were encoded", file=sys.stderr, flush=True)
-    where.barrier()
+    leave()  # the manifest below needs every rank's shards; no collective follows
     if where.rank != 0:
         return 0
     manifest = write_manifest(args.output, report, args.data)

@@ -140,6 +140,7 @@ def run(args):
 
     from latentae.data import DataConfig, eval_loader
     from latentae.data.transforms import crop_description
+    from latentae.distributed import leave
     from latentae.evaluation import evaluate_many, markdown, write_report
     from latentae.evaluation.evaluator import check_metrics
     from latentae.evaluation.reference import load_reference, save_reference
@@ -190,7 +191,7 @@ def run(args):
         if computed is not None and reference is None:  # the same for every model: the real side ran once
             written.append(save_reference(computed, stats or output / "fid-reference.npz"))
         print(f"wrote {', '.join(str(p) for p in written)}")
-    accelerator.wait_for_everyone()
+    leave()
     return 0
 
 
