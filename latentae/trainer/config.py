@@ -80,6 +80,9 @@ class EvalConfig:
     max_images: int = 64  # fixed validation subset (the first N images, center-cropped)
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lpips", "rfid"])  # unavailable ones
     # (missing weights) are reported as such and skipped
+    # a structured latent (model.structured_channels, DC-AE 1.5): the channel counts validated, each a pass over the
+    # images logged as val/<metric>@<n>, train.export=best ranking by their mean val/<metric>@mean; null: every count
+    channels: list[int] | None = None
 
 
 @dataclass
@@ -99,6 +102,9 @@ class RunConfig:
         if self.train.export == "best" and not self.data.val:
             raise ConfigError("config key 'train.export=best' picks the export by validation: set data.val "
                               "(held-out images), or train.export=last")
+        if self.eval.channels is not None and not self.data.val:
+            raise ConfigError("config key 'eval.channels' picks the channel counts validated on data.val: set "
+                              "data.val (held-out images), or leave eval.channels out")
         if self.train.export == "best" and self.train.export_metric not in self.eval.metrics:
             raise ConfigError(f"config key 'train.export_metric={self.train.export_metric}' is not measured: add it "
                               f"to eval.metrics (now {self.eval.metrics})")

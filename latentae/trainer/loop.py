@@ -40,6 +40,7 @@ from latentae.trainer.config import EXPORT_METRICS, RunConfig, check_adaptive_we
 from latentae.trainer.monitor import Monitor
 from latentae.trainer.optim import build_optimizers, disc_lr, lr_factor, select_trainable, set_lr
 from latentae.trainer.teacher import Teacher
+from latentae.trainer.validation import Validation
 
 
 def make_accelerator(cfg: RunConfig, precision: str):
@@ -146,6 +147,7 @@ class Run:
         self.teacher = Teacher(cfg.train.teacher, self.model, acc.device) if cfg.train.teacher else None
         self.channels = ChannelSchedule(self.model, cfg.train.sample_channels, cfg.seed, teacher=bool(self.teacher),
                                         vf=self.loss.vf is not None)
+        self.validation = Validation(self.model, cfg.eval.channels)
         self.ema = make_ema(self.model, cfg)
         self.quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
         self.state = TrainState()
@@ -315,26 +317,30 @@ class Run:
 
     def validate(self, step: int, monitor: Monitor) -> dict:
         """Metrics on the fixed validation subset (the first eval.max_images images of data.val, center crops);
-        the EMA weights when EMA is on, as exported. Metrics without their weights are logged as unavailable."""
+        the EMA weights when EMA is on, as exported; a structured latent at each count of `self.validation`, the
+        images read once for all. Metrics without their weights are logged as unavailable."""
         from latentae.data.eval_stream import eval_loader
-        from latentae.evaluation import evaluate
+        from latentae.evaluation import evaluate_many
 
         acc, cfg = self.accelerator, self.cfg
         if self.val_batches is None:
             self.val_batches = eval_loader(cfg.data, batch_size=cfg.train.batch_size, rank=acc.process_index,
                                            world_size=acc.num_processes)
-        result = evaluate(self.export_model(), self.val_batches, metrics=tuple(cfg.eval.metrics),
-                          precision=self.placement.precision, max_images=cfg.eval.max_images, examples=4,
-                          data_name="data.val")
-        values = {f"val/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+            cost = self.validation.describe()
+            if cost and acc.is_main_process:
+                monitor.bar.write(cost)
+        results = evaluate_many(self.validation.models(self.export_model()), self.val_batches,
+                                metrics=tuple(cfg.eval.metrics), precision=self.placement.precision,
+                                max_images=cfg.eval.max_images, examples=4, data_name="data.val")
+        values = self.validation.values(results)
         monitor.scalars(values, step)
+        result = list(results.values())[-1]  # the grid: the largest count validated
         if result.examples:
             monitor.grid("val/input_reconstruction_difference", step, result.examples["input"],
                          result.examples["reconstruction"])
         if acc.is_main_process:
-            shown = ", ".join(f"{k[4:]} {v:.4g}" for k, v in values.items() if k[4:] in ("psnr", "ssim", "lpips", "rfid"))
             missing = f" (unavailable: {', '.join(result.unavailable)})" if result.unavailable else ""
-            monitor.bar.write(f"step {step}: val {shown} on {result.n_images} images{missing}")
+            monitor.bar.write(f"step {step}: val {self.validation.line(values)} on {result.n_images} images{missing}")
         return values
 
     def export_model(self):
@@ -346,30 +352,33 @@ class Run:
         return model
 
     def keep_if_best(self, step: int, values: dict) -> None:
-        """train.export=best: export the model just validated when its train.export_metric beats the best so far
-        (an export per improvement, so a killed run keeps its best weights too). Same decision on every rank."""
+        """train.export=best: export the model just validated when its train.export_metric (a structured latent:
+        its mean over the validated counts) beats the best so far (an export per improvement, so a killed run keeps
+        its best weights too). Same decision on every rank."""
         cfg = self.cfg.train
         if cfg.export != "best":
             return
-        key = f"val/{cfg.export_metric}"
+        key = self.validation.key(cfg.export_metric)
         if key not in values:
             raise LatentaeError(f"train.export=best ranks validations by {key}, which could not be measured at step "
                                 f"{step} (see the validation line above): pick another train.export_metric")
         value = values[key]
         higher = EXPORT_METRICS[cfg.export_metric] == "higher"
         if self.best is None or (value > self.best["value"] if higher else value < self.best["value"]):
-            self.best = {"selected_by": key, "value": value, "step": step}
+            self.best = {"selected_by": key, **self.validation.selection(), "value": value, "step": step}
             self._write_export(self.best)
 
     def _exported_best(self) -> dict | None:
-        """On resume with train.export=best: the best validation so far, as its export recorded it."""
+        """On resume with train.export=best: the best validation so far, as its export recorded it (when it was
+        ranked the same way)."""
         from latentae.exporting import SIDE_FILE
 
         side = self.out / "export" / SIDE_FILE
         if self.cfg.train.export != "best" or not side.is_file():
             return None
         best = json.loads(side.read_text())["metadata"]
-        return best if best.get("selected_by") == f"val/{self.cfg.train.export_metric}" else None
+        ranking = {"selected_by": self.validation.key(self.cfg.train.export_metric), **self.validation.selection()}
+        return best if all(best.get(k) == v for k, v in ranking.items()) else None
 
     def export(self) -> Path:
         """OUTPUT_DIR/export: the final weights, or with train.export=best those of the best validation (written
