@@ -2,7 +2,8 @@
 
 One output shard per input shard, `<output>/<name>.tar`, each sample `<key>.latents.npy` (float32 by
 default: posterior mean and logvar stacked as [2C, h, w]; `--store mean` or `--store sample` keep [C, h, w];
-deterministic models (DC-AE, tiny) store their latent [C, h, w])
+deterministic models (DC-AE, tiny) store their latent [C, h, w]; --channels N: a structured latent's first N
+channels [N, h, w], recorded in each sample's .json and the manifest, which `decode` and `stats` read back)
 or `<key>.tokens.npy` (int32 ids), `<key>.json` with the source key and url, and the source's captions and
 other non-image members. Latents are unscaled: see `latentae stats` for the scaling factor. Loose image files
 (a folder) are grouped into shards `images-00000.tar`, ... of --images-per-shard files in listing order.
@@ -49,6 +50,9 @@ def add_common_arguments(p):
                    "oneDNN / cuDNN, mostly together with bf16)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes decoding images "
                    "while the model encodes; 0 decodes in the main process (default: min(2, CPUs))")
+    p.add_argument("--channels", type=positive_int, metavar="N", help="a model with a structured latent (DC-AE "
+                   "1.5): its first N latent channels, N one of the counts it serves (its latentae.json's "
+                   "structured_channels), as the model itself slices them (default: the whole latent)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="skip larger images "
                    f"(decompression bombs; default: {DEFAULT_MAX_PIXELS})")
 
@@ -81,10 +85,13 @@ def run(args):
     from latentae.errors import LatentaeError
     from latentae.latents.encode import encode_dataset, write_manifest
     from latentae.loading import load
+    from latentae.models.bottleneck import at_channels
     from latentae.runtime import resolve
 
     expand_sources(args.data)  # a missing or empty dataset fails before the model loads
     model = load(args.model)
+    if args.channels is not None:  # a count the model does not serve fails before the run is set up
+        at_channels(model, args.channels, args.model)
     if model.bottleneck.tokenizes and (args.store or args.seed is not None or args.dtype != "float32"):
         raise LatentaeError("--store, --seed and --dtype apply to continuous latents; a tokenizer stores int32 token ids")
     if args.seed is not None and args.store != "sample":
@@ -97,7 +104,7 @@ def run(args):
         channels_last=args.channels_last, device=where.device, workers=max(0, args.workers),
         images_per_shard=args.images_per_shard, seed=args.seed or 0, max_pixels=args.max_pixels,
         small_images=args.small_images, rank=where.rank, world_size=where.world_size, overwrite=args.overwrite,
-        model_source=str(args.model), progress=not args.quiet)
+        model_source=str(args.model), progress=not args.quiet, channels=args.channels)
     rate = report.written / report.seconds if report.seconds else 0.0
     prefix = f"rank {where.rank}: " if where.world_size > 1 else ""
     print(f"{prefix}encoded {report.written} images into {len(report.shards_written)} shards in "

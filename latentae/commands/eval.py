@@ -115,6 +115,7 @@ def _at_channel_counts(models: dict, paths: list[str], channels: list[int] | Non
     """Each model with a structured latent as one entry per channel count ("NAME c16", ...: `channels`, or all the
     counts it serves), the others as they are; and the path of each entry."""
     from latentae.errors import LatentaeError
+    from latentae.models.bottleneck import at_channels
 
     if channels is not None and not any(m.bottleneck.channel_counts for m in models.values()):
         raise LatentaeError("--channels: no model here has a structured latent (DC-AE 1.5's structured_channels)")
@@ -125,11 +126,8 @@ def _at_channel_counts(models: dict, paths: list[str], channels: list[int] | Non
             entries[name] = model
             entry_paths.append(path)
             continue
-        wrong = [n for n in channels or () if n not in counts]
-        if wrong:
-            raise LatentaeError(f"--channels {','.join(map(str, wrong))}: {name} serves {list(counts)} channels")
         for n in channels or counts:
-            entries[f"{name} c{n}"] = model.at_channels(n)
+            entries[f"{name} c{n}"] = at_channels(model, n, name)
             entry_paths.append(path)
     return entries, entry_paths
 

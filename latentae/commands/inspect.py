@@ -10,6 +10,7 @@
   anomaly DATA        ranks images by negative ELBO (0.5 * squared error + KL, nats) or by reconstruction
                       MSE, highest first; prints the ranking and draws the top ones
 
+interpolate, arithmetic and anomaly take --channels N: a structured latent's (DC-AE 1.5) first N channels.
 DATA is an image folder, image files or shards. Images are resized and center-cropped to --resolution
 (default: 256, as `latentae eval`; the model's sample_size is a tiling hint, not a data resolution).
 
@@ -27,17 +28,23 @@ def add_arguments(p):
 
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
 
-    def tool(name, help_text):
+    def tool(name, help_text, encodes=False):
         t = tools.add_parser(name, help=help_text, description=help_text)
         t.add_argument("--model", required=True, help="export / diffusers directory or LDM checkpoint")
         t.add_argument("--output", "-o", help=f"PNG to write (default: {name}.png)")
         t.add_argument("--resolution", type=positive_int, help="image side (default: 256)")
+        if encodes:  # the tools that encode images can take a structured latent's count
+            t.add_argument("--channels", type=positive_int, metavar="N", help="a model with a structured latent "
+                           "(DC-AE 1.5): encode with its first N latent channels, one of the counts it serves "
+                           "(default: the whole latent)")
+        else:
+            t.set_defaults(channels=None)
         return t
 
-    t = tool("interpolate", "decodes between two images' latents, linear and spherical")
+    t = tool("interpolate", "decodes between two images' latents, linear and spherical", encodes=True)
     t.add_argument("images", nargs=2, metavar="IMAGE")
     t.add_argument("--steps", type=positive_int, default=8, help="images per path, ends included (default: 8)")
-    t = tool("arithmetic", "decode(z_A - z_B + z_C)")
+    t = tool("arithmetic", "decode(z_A - z_B + z_C)", encodes=True)
     t.add_argument("images", nargs=3, metavar="IMAGE")
     t = tool("prior", "decodes of prior samples")
     t.add_argument("--num", type=positive_int, default=16, help="samples (default: 16)")
@@ -49,7 +56,7 @@ def add_arguments(p):
         t = tool(name, text)
         t.add_argument("data", metavar="DATA")
         t.add_argument("--batch-size", type=positive_int, default=8)
-    t = tool("anomaly", "rank the images of DATA by how badly the model represents them")
+    t = tool("anomaly", "rank the images of DATA by how badly the model represents them", encodes=True)
     t.add_argument("data", metavar="DATA")
     t.add_argument("--score", choices=SCORES, help="elbo (KL models, their default) or recon (MSE; tokenizers' "
                    "default)")
@@ -60,8 +67,11 @@ def add_arguments(p):
 def run(args):
     from latentae.errors import LatentaeError
     from latentae.loading import load
+    from latentae.models.bottleneck import at_channels
 
     model = load(args.model)
+    if args.channels is not None:
+        model = at_channels(model, args.channels, args.model)
     if args.tool == "interpolate" and args.steps < 2:
         raise LatentaeError("--steps must be >= 2 (both ends are included)")
     resolution = args.resolution or DEFAULT_RESOLUTION

@@ -21,7 +21,8 @@ mean 0, std 1) and every other key is left as it is:
   flux2 bn running mean / var of the 2x2-patchified latents, in the weights (Flux2Pipeline; FLUX.2 models' default)
 
 A tiny autoencoder's latents already are its teacher's normalized ones, and an RAE normalizes its own with buffers
-in its weights: --write refuses both.
+in its weights: --write refuses both. A structured latent's (DC-AE 1.5) first N channels (--channels N, or latents
+of encode --channels N) are measured and printed, and --write refuses them: config.json holds the whole latent's.
 
   latentae stats --model out/export --data kodak/ --write
 """
@@ -54,14 +55,17 @@ def run(args):
     from latentae.latents.stats import (default_convention, latent_stats, latent_stats_of_images, pipeline_latents,
                                         refuse_normalized_latents, stats_patch, write_normalization)
     from latentae.loading import load
+    from latentae.models.bottleneck import at_channels
     from latentae.options import DEFAULT_PRECISION
     from latentae.runtime import default_device
 
     if args.latents and (args.max_images or args.resolution or args.precision != DEFAULT_PRECISION
-                         or args.channels_last):
-        raise LatentaeError("--max-images, --resolution, --precision and --channels-last apply to --data "
-                            "(images to encode), not to --latents")
+                         or args.channels_last or args.channels):
+        raise LatentaeError("--max-images, --resolution, --precision, --channels-last and --channels apply to --data "
+                            "(images to encode), not to --latents (their channels are recorded with them)")
     model = load(args.model)
+    full = model.config["latent_channels"]
+    encoder = model if args.channels is None else at_channels(model, args.channels, args.model)
     if model.bottleneck.tokenizes:
         raise LatentaeError(f"latent statistics apply to continuous latents; {args.model} is a "
                             f"{type(model).__name__} (token ids need no normalization)")
@@ -72,6 +76,8 @@ def run(args):
                             "FLUX.2 models (latent_norm: flux2), and theirs only")
     if args.write:  # before measuring: nothing to write for it
         refuse_normalized_latents(type(model), args.model)
+        if args.channels not in (None, full):
+            raise LatentaeError(_PART_OF_THE_LATENT.format(n=args.channels, full=full))
     of, why = pipeline_latents(model)
     why = f"this model's default ({why})"
     if args.of and model.bottleneck.samples:  # a deterministic latent is its own sample: means whatever --of
@@ -79,12 +85,18 @@ def run(args):
     if args.latents:
         stats = latent_stats(args.latents, of=of, patch=patch)
     else:
-        stats = latent_stats_of_images(model, args.data, of=of, batch_size=args.batch_size,
+        stats = latent_stats_of_images(encoder, args.data, of=of, batch_size=args.batch_size,
                                        resolution=args.resolution, precision=args.precision,
                                        channels_last=args.channels_last, device=default_device(),
                                        workers=max(0, args.workers), max_images=args.max_images,
                                        max_pixels=args.max_pixels)
-    channels = model.config["latent_channels"] * (math.prod(patch) if patch else 1)
+        stats.channels = args.channels
+    if args.latents and stats.channels is not None:  # recorded by encode --channels: a count the model must serve
+        at_channels(model, stats.channels, args.model, what=f"{args.latents} holds the first {stats.channels} latent "
+                    f"channels (encode --channels {stats.channels})")
+        if args.write and stats.channels != full:
+            raise LatentaeError(_PART_OF_THE_LATENT.format(n=stats.channels, full=full))
+    channels = stats.channels or full * (math.prod(patch) if patch else 1)
     if len(stats.mean) != channels:
         raise LatentaeError(f"{args.latents} holds {len(stats.mean)}-channel latents; {args.model} has "
                             f"{channels} (normalized) latent channels")
@@ -98,3 +110,9 @@ def run(args):
             shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             print(f"wrote {shown} ({convention} convention) to the config.json of {args.model}")
     return 0
+
+
+# The export is the whole latent's function: config.json's constants are that latent's.
+_PART_OF_THE_LATENT = ("--write stores the normalization of the whole latent ({full} channels) in config.json, and "
+                       "these are statistics of its first {n} channels (printed, not written): measure the whole "
+                       "latent to write them")

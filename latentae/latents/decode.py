@@ -1,7 +1,8 @@
 """`latentae decode`: latent or token shards (what `latentae encode` wrote) back to images.
 
 KL latents stored as mean + logvar ([2C, h, w]) decode their mean; stored means or samples ([C, h, w])
-decode as they are. Token ids go through the tokenizer's codebook (`detokenize`).
+decode as they are; a structured latent's first n channels (encode --channels n, in each sample's .json) decode
+with the rest zero, as the model decodes that count. Token ids go through the tokenizer's codebook (`detokenize`).
 """
 from __future__ import annotations
 
@@ -15,11 +16,18 @@ from latentae.data.skips import SkipCounter
 from latentae.data.transforms import to_pil
 from latentae.errors import LatentaeError
 from latentae.latents.format import iter_encoded
+from latentae.models.bottleneck import at_channels
 from latentae.runtime import Runtime
 
 
-def _latent_input(model, array: np.ndarray, key: str) -> np.ndarray:
-    c = int(model.config["latent_channels"])
+def _latent_input(model, sample: dict, spec: str) -> np.ndarray:
+    """The latents the decoder takes: a mean + logvar stack's mean; a structured latent's first n channels as
+    encode --channels n recorded them (the decoder reads the others as zeros)."""
+    array, key, n = sample["latents"], sample["key"], sample["meta"].get("channels")
+    if n is not None:
+        at_channels(model, n, "the decoding model", what=f"{spec}: sample {key!r} holds the first {n} latent "
+                    f"channels (encode --channels {n})")
+    c = n or int(model.config["latent_channels"])
     if array.ndim != 3 or array.shape[0] not in (c, 2 * c):
         raise LatentaeError(f"sample {key!r}: latents of shape {list(array.shape)} do not fit this model "
                             f"({c} latent channels: expected [{c}, h, w] or [{2 * c}, h, w] mean + logvar)")
@@ -54,7 +62,7 @@ def decode_encoded(model, spec: str, *, batch_size: int = 8, precision: str = "f
             raise LatentaeError(f"{spec} holds {have}, but the model is a {type(model).__name__}: decode with the "
                                 "model that encoded them")
         if field == "latents":
-            sample["latents"] = _latent_input(model, sample["latents"], sample["key"])
+            sample["latents"] = _latent_input(model, sample, spec)
         if pending and sample[field].shape != pending[0][field].shape:
             yield from flush()
         pending.append(sample)

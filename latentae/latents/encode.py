@@ -31,6 +31,7 @@ from latentae.data.transforms import crop_description
 from latentae.errors import LatentaeError
 from latentae.latents.format import FORMAT, LATENTS, MANIFEST, META, TOKENS, npy_bytes, write_json
 from latentae.latents.jobs import Job, job_loader, plan_jobs
+from latentae.models.bottleneck import at_channels
 from latentae.options import NATIVE, STORAGE_DTYPES, STORE_CHOICES
 from latentae.runtime import Runtime
 
@@ -45,7 +46,7 @@ class LatentEncoder:
     """Image batches -> one array per sample, as stored: KL latents (see `store`) or VQ token ids."""
 
     def __init__(self, runtime: Runtime, *, store: Literal["both", "mean", "sample"] = "both", seed: int = 0,
-                 storage_dtype: str = "float32"):
+                 storage_dtype: str = "float32", channels: int | None = None):
         if store not in STORE_CHOICES:
             raise LatentaeError(f"store must be one of {STORE_CHOICES}, got {store!r}")
         if storage_dtype not in STORAGE_DTYPES:
@@ -59,6 +60,7 @@ class LatentEncoder:
         self.store = store
         self.seed = seed
         self.dtype = np.int32 if self.tokens else np.dtype(storage_dtype)
+        self.channels = channels  # the leading channels of a structured latent the model encodes with (recorded)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor, keys: Sequence[str]) -> list[np.ndarray]:
@@ -106,7 +108,7 @@ def weights_fingerprint(model) -> str:
 
 
 def settings(model, *, model_source: str, store: str, storage_dtype: str, precision: str, resolution: int | None,
-             max_pixels: int, small_images: str, seed: int) -> dict:
+             max_pixels: int, small_images: str, seed: int, channels: int | None = None) -> dict:
     """What decides a shard's content (a rerun with different settings must not mix its shards in), plus
     where the model came from (`model`, informative only: the weights fingerprint identifies it).
     `resolution` None: native size (recorded as "native", with the crop in words)."""
@@ -118,7 +120,8 @@ def settings(model, *, model_source: str, store: str, storage_dtype: str, precis
             "resolution": NATIVE if resolution is None else resolution,
             "crop": crop_description(resolution, model.crop_multiple), "max_pixels": max_pixels,
             "small_images": small_images,
-            **({"seed": seed} if store == "sample" and not tokens else {})}
+            **({"seed": seed} if store == "sample" and not tokens else {}),
+            **({"channels": channels} if channels is not None else {})}
 
 
 def _normalized(obj):
@@ -157,10 +160,14 @@ def encode_dataset(model, data: str | Sequence[str], output: str | Path, *, batc
                    device: str | torch.device | None = None, workers: int = 2, images_per_shard: int = 1000,
                    seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
                    small_images: Literal["upscale", "skip"] = "upscale", rank: int = 0, world_size: int = 1,
-                   overwrite: bool = False, model_source: str = "", progress: bool = False) -> EncodeReport:
+                   overwrite: bool = False, model_source: str = "", progress: bool = False,
+                   channels: int | None = None) -> EncodeReport:
     """Encode this rank's share of `data` into `output` (see the module docstring): at native size (resolution
-    None, the default), or resized (shorter side) and center-cropped to `resolution`. Call `write_manifest` on
-    rank 0 once every rank has returned."""
+    None, the default), or resized (shorter side) and center-cropped to `resolution`; with the first `channels`
+    latent channels of a structured latent (None: the whole latent). Call `write_manifest` on rank 0 once every
+    rank has returned."""
+    if channels is not None:
+        model = at_channels(model, channels, model_source or type(model).__name__)
     start = time.perf_counter()
     if batch_size < 1 or images_per_shard < 1:
         raise LatentaeError("batch_size and images_per_shard must be >= 1")
@@ -173,9 +180,9 @@ def encode_dataset(model, data: str | Sequence[str], output: str | Path, *, batc
     output.mkdir(parents=True, exist_ok=True)
     expected = _normalized(settings(model, model_source=model_source, store=store, storage_dtype=storage_dtype,
                                     precision=precision, resolution=resolution, max_pixels=max_pixels,
-                                    small_images=small_images, seed=seed))
+                                    small_images=small_images, seed=seed, channels=channels))
     encoder = LatentEncoder(Runtime(model, device=device, precision=precision, channels_last=channels_last),
-                            store=store, seed=seed, storage_dtype=storage_dtype)
+                            store=store, seed=seed, storage_dtype=storage_dtype, channels=channels)
     report = EncodeReport(jobs=jobs, settings=expected)
     mine = jobs[rank::world_size]
     todo = [job for job in mine if overwrite or not _finished(output, job, expected)]
@@ -272,6 +279,8 @@ def _sample(item: dict, array: np.ndarray, encoder: LatentEncoder, shard: str) -
     meta = {"key": item["key"], "url": item["url"], "shard": shard}
     if not encoder.tokens:
         meta["store"] = encoder.store  # decode / stats read mean + logvar, means or samples accordingly
+        if encoder.channels is not None:
+            meta["channels"] = encoder.channels  # ... and know which leading channels of a structured latent
     return {"__key__": item["key"], encoder.member: npy_bytes(array), META: json.dumps(meta).encode(),
             **item["extras"]}
 

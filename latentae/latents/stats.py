@@ -49,6 +49,7 @@ class LatentStats:
     std: list[float]
     global_mean: float
     global_std: float
+    channels: int | None = None  # a structured latent's first n channels (encode --channels n); None: the whole
 
     def recommended(self) -> dict:
         return {"scaling_factor": 1.0 / self.global_std, "shift_factor": self.global_mean,
@@ -73,7 +74,8 @@ class LatentStats:
         """`why`: why these latents (samples or means), said on a line of its own. `normalized_by`: why the latents
         need no constants (they are already a diffusion model's), said instead of recommending some."""
         what = "posterior samples" if self.of == "sample" else "posterior means"
-        rows = [f"latent statistics of {what}: {self.images} images, {len(self.mean)} channels, "
+        first = f" (the first of a structured latent, encode --channels {self.channels})" if self.channels else ""
+        rows = [f"latent statistics of {what}: {self.images} images, {len(self.mean)} channels{first}, "
                 f"{self.positions // max(self.images, 1)} positions per image",
                 *([f"{what}: {why}"] if why else []),
                 f"{'channel':>8} {'mean':>10} {'std':>10}"]
@@ -221,9 +223,15 @@ def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_s
     moments = _Moments()
     pending: list[np.ndarray] = []
     store = None
-    for sample in iter_encoded(spec):
+    channels = None  # the recorded count of a structured latent's leading channels
+    for i, sample in enumerate(iter_encoded(spec)):
         if "latents" not in sample:
             raise LatentaeError(f"{spec} holds token ids: latent statistics apply to continuous latents")
+        n = sample["meta"].get("channels")
+        if i and n != channels:  # per-channel sums over different channels measure nothing
+            raise LatentaeError(f"{spec} mixes latents of {channels or 'all'} and {n or 'all'} leading channels "
+                                "(encode --channels): measure each encode output on its own")
+        channels = n
         sample_store = sample["meta"].get("store", "both")
         if pending and (sample_store != store or sample["latents"].shape != pending[0].shape):
             moments.add_latents(np.stack(pending), store, of, patch)
@@ -235,7 +243,9 @@ def latent_stats(spec: str, *, of: Literal["sample", "mean"] = "sample", batch_s
             pending = []
     if pending:
         moments.add_latents(np.stack(pending), store, of, patch)
-    return moments.result(of)
+    stats = moments.result(of)
+    stats.channels = channels
+    return stats
 
 
 def latent_stats_of_images(model, data: str, *, of: Literal["sample", "mean"] | None = None, batch_size: int = 16,

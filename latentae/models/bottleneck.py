@@ -47,3 +47,18 @@ class Bottleneck:
 
 GAUSSIAN = Bottleneck("gaussian")
 CODEBOOK = Bottleneck("codebook")
+
+
+def at_channels(model, n: int, name: str = "the model", what: str | None = None):
+    """`model` encoding with the first `n` channels of its structured latent (its weights shared), or the one error
+    saying what `name` serves instead; `what` starts the message (default: "--channels N")."""
+    from latentae.errors import LatentaeError
+
+    what = what or f"--channels {n}"
+    counts = model.bottleneck.channel_counts
+    if not counts:
+        raise LatentaeError(f"{what}: {name} has no structured latent (DC-AE 1.5's model.structured_channels): it "
+                            "encodes and decodes its whole latent")
+    if n not in counts:
+        raise LatentaeError(f"{what}: {name} serves {list(counts)} channels")
+    return model.at_channels(n)
