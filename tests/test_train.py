@@ -122,8 +122,9 @@ def test_resolved_values_are_recorded_beside_the_config(tmp_path, demo_images, m
     monkeypatch.setenv(precision.ENV_FORCE, "bf16")
     monkeypatch.setattr(precision, "_chosen", {})
     seen = []
-    real = latentae.evaluation.evaluate
-    monkeypatch.setattr(latentae.evaluation, "evaluate", lambda *a, **kw: seen.append(kw["precision"]) or real(*a, **kw))
+    real = latentae.evaluation.evaluate_many
+    monkeypatch.setattr(latentae.evaluation, "evaluate_many",
+                        lambda *a, **kw: seen.append(kw["precision"]) or real(*a, **kw))
     overrides = [o for o in tiny_run_overrides(tmp_path, demo_images, "train.max_steps=1", f"data.val={demo_images}",
                                                "eval.max_images=4", "eval.metrics=[psnr]")
                  if o != "train.mixed_precision=fp32"]
