@@ -67,7 +67,7 @@ def test_stats_of_the_n_channel_latents(exports, encoded, demo_images, capsys):
     capsys.readouterr()
     assert main(["stats", "--model", str(exports / "structured"), "--latents", str(encoded)]) == 0
     out = capsys.readouterr().out
-    assert f"24 images, {N} channels (the first of a structured latent, encode --channels {N})" in out
+    assert f"24 images, {N} channels (a structured latent's first {N}: --channels {N})" in out
     latents = np.stack([s["latents"] for s in iter_encoded(str(encoded))]).astype(np.float64)
     means = [float(line.split()[1]) for line in out.splitlines() if line.split()[:1] in ([str(c)] for c in range(N))]
     assert means == pytest.approx(latents.mean(axis=(0, 2, 3)).tolist(), abs=1e-4)

@@ -74,7 +74,7 @@ class LatentStats:
         """`why`: why these latents (samples or means), said on a line of its own. `normalized_by`: why the latents
         need no constants (they are already a diffusion model's), said instead of recommending some."""
         what = "posterior samples" if self.of == "sample" else "posterior means"
-        first = f" (the first of a structured latent, encode --channels {self.channels})" if self.channels else ""
+        first = f" (a structured latent's first {self.channels}: --channels {self.channels})" if self.channels else ""
         rows = [f"latent statistics of {what}: {self.images} images, {len(self.mean)} channels{first}, "
                 f"{self.positions // max(self.images, 1)} positions per image",
                 *([f"{what}: {why}"] if why else []),
