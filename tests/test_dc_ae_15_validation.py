@@ -147,3 +147,16 @@ def test_validated_counts_are_checked(tmp_path, demo_images):
     with pytest.raises(ConfigError, match="eval.channels' picks the channel counts validated on data.val"):
         path = write_config(tmp_path, demo_images)
         load_run_config(str(path), ["eval.channels=[2]"])
+
+
+def test_the_rule_is_in_help_and_readme(capsys):
+    from pathlib import Path
+
+    from latentae.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "eval.channels" in text and "val/psnr@mean, which train.export=best ranks by" in text
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "`eval.channels: [16, 128]` validates fewer" in readme and "`val/psnr@mean`, which `train.export=best`" in readme

@@ -15,7 +15,12 @@ EPILOG = """examples:
 The config is saved as OUTPUT_DIR/config.yaml, and what it left to the run (the precision auto chose, ...) as
 OUTPUT_DIR/resolved.yaml; checkpoints go to OUTPUT_DIR/checkpoints/step-N, TensorBoard logs to OUTPUT_DIR/logs,
 and the final model (EMA weights when train.ema_decay is set) to OUTPUT_DIR/export in the diffusers format
-(latentae's own where no diffusers class holds the model)."""
+(latentae's own where no diffusers class holds the model); train.export=best exports the weights of the validation
+with the best train.export_metric instead.
+A structured latent (DC-AE 1.5, model.structured_channels): each step encodes with one count drawn from
+train.sample_channels (default: all), and each validation runs at every count of eval.channels (default: all),
+logged as val/psnr@16, ... and their mean val/psnr@mean, which train.export=best ranks by: one export serves
+every count."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
