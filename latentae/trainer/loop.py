@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from latentae.config import to_dict
+from latentae.config import ConfigError, to_dict
 from latentae.data.train_stream import train_loader
 from latentae.errors import LatentaeError
 from latentae.losses import AutoencoderLoss
 from latentae.models import build_model
 from latentae.models.config import config_of
+from latentae.models.families import family_of
 from latentae.quantizers.base import Quantizer
 from latentae.runtime import Placement, resolve
 from latentae.trainer import checkpoint
@@ -63,6 +64,11 @@ def make_model(cfg: RunConfig):
         from latentae.loading import load
 
         model = load(cfg.train.init_from)
+        settings = cfg.model.finetune_settings()
+        if settings and family_of(model).name != cfg.model.family:
+            raise ConfigError(f"config key 'model.{next(iter(settings))}' applies to model.family={cfg.model.family}, "
+                              f"but train.init_from={cfg.train.init_from} is a {family_of(model).name} model")
+        cfg.model.apply_to(model)
     else:
         model = build_model(cfg.model.at_resolution(cfg.data.resolution))
     model.train()
@@ -116,7 +122,11 @@ def save_config(cfg: RunConfig, accelerator, resolved: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         given = to_dict(cfg)
         if cfg.train.init_from:  # the architecture is the pretrained model's (see its export's config.json)
-            del given["model"]
+            settings = cfg.model.finetune_settings()
+            if settings:
+                given["model"] = {"family": cfg.model.family, **settings}
+            else:
+                del given["model"]
         (out / "config.yaml").write_text(yaml.safe_dump(given, sort_keys=False))
         (out / RESOLVED_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
