@@ -48,6 +48,7 @@ _PLAIN_UNSUPPORTED = {
     "loss.kl.schedule": lambda cfg: cfg.loss.kl.schedule != "constant",
     "loss.kl.free_bits": lambda cfg: cfg.loss.kl.free_bits != 0,
     "loss.perceptual_net": lambda cfg: cfg.loss.perceptual_weight > 0 and cfg.loss.perceptual_net != "vgg",
+    "loss.disc.kind": lambda cfg: cfg.loss.disc.weight > 0 and cfg.loss.disc.kind != "patchgan",
     "loss.disc.loss": lambda cfg: cfg.loss.disc.weight > 0 and cfg.loss.disc.loss != "hinge",
     "loss.disc.adaptive": lambda cfg: cfg.loss.disc.weight > 0 and not cfg.loss.disc.adaptive,
     "loss.disc.lecam_weight": lambda cfg: cfg.loss.disc.lecam_weight > 0,
