@@ -116,10 +116,11 @@ def test_generator_gradient_flows_through_the_frozen_backbone(dino_vit):
 
 
 def test_training_keeps_the_backbone_frozen_and_resume_restores_the_heads(tmp_path, demo_images, dino_vit):
-    overrides = run_overrides(tmp_path, demo_images, f"loss.disc.weights={dino_vit}", "train.checkpoint_every=2")
+    assert load_run_config(PRESET, ["data.train=x"]).loss.disc.kind == "dino"  # the preset's, the authors'
+    overrides = run_overrides(tmp_path, demo_images, "loss.disc.kind=dino", f"loss.disc.weights={dino_vit}",
+                              "train.checkpoint_every=2")
     run = Run(load_run_config(PRESET, overrides))
     d = run.loss.discriminator
-    assert run.cfg.loss.disc.kind == "dino"  # the preset's
     backbone = {k: v.clone() for k, v in d.backbone.state_dict().items()}
     heads = {k: v.clone() for k, v in d.heads.state_dict().items()}
     from transformers import ViTModel

@@ -46,10 +46,11 @@ def tiny_model(**extra):
 
 
 def run_overrides(out, data, *extra) -> list[str]:
+    """The preset shrunk to the tiny model, with the offline discriminator (the preset's DINO needs weights)."""
     return [f"output_dir={out}", f"data.train={data}", "data.resolution=32", "data.num_workers=0",
             "data.shuffle_buffer=8", "model.encoder_weights=random",
             *(f"model.diffusers.{k}={v}" for k, v in TINY.items()), "loss.perceptual_random_init=true",
-            "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=1", "train.batch_size=4",
+            "loss.disc.kind=patchgan", "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=1", "train.batch_size=4",
             "train.max_steps=4", "train.warmup_steps=0", "train.ema_decay=null", "train.log_every=1",
             "train.image_every=0", "eval.every=0", "train.mixed_precision=fp32", *extra]
 

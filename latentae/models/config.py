@@ -59,7 +59,15 @@ class ModelConfig:
         return {k: getattr(self, k) for k in self.FINETUNE_KEYS if getattr(self, k) is not None}
 
     def apply_to(self, model) -> None:
-        """Set finetune_settings() on a loaded model of this family (the default: there are none)."""
+        """Set finetune_settings() on `model`, loaded for a fine-tune (its class has a setter for each key)."""
+        from latentae.models.families import family_of
+
+        settings = self.finetune_settings()
+        if settings and family_of(model).name != self.family:
+            raise ConfigError(f"config key 'model.{next(iter(settings))}' applies to model.family={self.family}, but "
+                              f"train.init_from is a {family_of(model).name} model")
+        for key, value in settings.items():
+            setattr(model, key, value)
 
     def at_resolution(self, resolution: int) -> ModelConfig:
         """This config for a model trained on `resolution`-px images: diffusers' tile size (`sample_size`) set to it

@@ -53,10 +53,6 @@ class RAEConfig(WrappedConfig):
         noise_tau = AUTHORS_NOISE_TAU if self.noise_tau is None else self.noise_tau
         return {**self.diffusers, "noise_tau": noise_tau, "encoder_weights": self.encoder_weights}
 
-    def apply_to(self, model) -> None:
-        if self.noise_tau is not None:
-            model.noise_tau = self.noise_tau
-
     @classmethod
     def describing(cls, model, family: str) -> RAEConfig:
         from latentae.models.config import init_keys

@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from latentae.config import ConfigError, to_dict
+from latentae.config import to_dict
 from latentae.data.train_stream import train_loader
 from latentae.errors import LatentaeError
 from latentae.losses import AutoencoderLoss
 from latentae.models import build_model
 from latentae.models.config import config_of
-from latentae.models.families import family_of
 from latentae.quantizers.base import Quantizer
 from latentae.runtime import Placement, resolve
 from latentae.trainer import checkpoint
@@ -64,11 +63,7 @@ def make_model(cfg: RunConfig):
         from latentae.loading import load
 
         model = load(cfg.train.init_from)
-        settings = cfg.model.finetune_settings()
-        if settings and family_of(model).name != cfg.model.family:
-            raise ConfigError(f"config key 'model.{next(iter(settings))}' applies to model.family={cfg.model.family}, "
-                              f"but train.init_from={cfg.train.init_from} is a {family_of(model).name} model")
-        cfg.model.apply_to(model)
+        cfg.model.apply_to(model)  # the fine-tune keys the config sets (RAE's noise_tau)
     else:
         model = build_model(cfg.model.at_resolution(cfg.data.resolution))
     model.train()
