@@ -15,7 +15,10 @@ EPILOG = """examples:
 The config is saved as OUTPUT_DIR/config.yaml, and what it left to the run (the precision auto chose, ...) as
 OUTPUT_DIR/resolved.yaml; checkpoints go to OUTPUT_DIR/checkpoints/step-N, TensorBoard logs to OUTPUT_DIR/logs,
 and the final model (EMA weights when train.ema_decay is set) to OUTPUT_DIR/export in the diffusers format
-(latentae's own where no diffusers class holds the model)."""
+(latentae's own where no diffusers class holds the model).
+Discriminator: loss.disc.kind=patchgan (LDM's, no weights) or dino (the RAE authors': a frozen DINO ViT-S/8,
+loss.disc.weights=<hub id or directory>, `latentae fetch-weights --only dino-vits8`; loss.disc.head_kernel, cutout).
+A fine-tune (train.init_from) takes its architecture from the model; model.noise_tau (RAE) may still be set."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

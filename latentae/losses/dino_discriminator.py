@@ -57,7 +57,10 @@ def diff_augment(x: Tensor, cutout: float = 0.0) -> Tensor:
     x = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     x = x.permute(0, 3, 1, 2)
     # colour: brightness, saturation, contrast
-    per_image = lambda v: v.to(x.dtype)[:, None, None, None]  # noqa: E731
+
+    def per_image(v: Tensor) -> Tensor:
+        return v.to(x.dtype)[:, None, None, None]
+
     x = x + per_image(u[2] - 0.5)
     mean = x.mean(dim=1, keepdim=True)
     x = (x - mean) * per_image(2 * u[3]) + mean

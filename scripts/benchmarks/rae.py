@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 from .finetune import encode_all, measure, table, train_for
