@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from .finetune import encode_all, measure, table, train_for
-from .loops import LatentaeLoop, PlainRAELoop, primed_batches
+from .loops import LatentaeLoop, PlainRAELoop
 from .paths import DATA_ROOT, ROOT
 
 PRESET = ROOT / "configs" / "rae-dinov2-b.yaml"
@@ -94,15 +94,15 @@ def run(args):
     print("held out: " + ", ".join(f"{name} {sum(len(x) for x in b)}" for name, b in sets.items()), flush=True)
     results, latents, initial = {}, None, None
     for name, kind in (("latentae", LatentaeLoop), ("plain", PlainRAELoop)):
-        trainer = kind(config(args, name, out), batches=primed_batches)
+        trainer = kind(config(args, name, out))
         model = trainer.model()
         if latents is None:  # the frozen encoder is the same for both: encode once, measure the initial decoder
             latents = encode_all(model.eval(), sets)
             initial = {k: v.clone() for k, v in model.state_dict().items()}
             results["initial"] = {"metrics": measure(model, sets, latents)}
             print(f"initial decoder:\n{table(results)}", flush=True)
-        same = {k: v for k, v in model.state_dict().items()}
-        assert all(torch.equal(same[k], v) for k, v in initial.items()), "the contenders start from other weights"
+        now = model.state_dict()
+        assert all(torch.equal(now[k], v) for k, v in initial.items()), "the contenders start from other weights"
         model.train()
         print(f"[{name}] training {args.seconds:g} s ({trainer.precision}, {torch.get_num_threads()} thread(s)); "
               f"load average {load_average()}", flush=True)
