@@ -168,3 +168,27 @@ def test_a_backbone_of_another_kind_is_named(tmp_path):
 def test_bad_settings_are_named(keys, message):
     with pytest.raises(ConfigError, match=message):
         DiscConfig(**keys)
+
+
+def test_fetched_weights_in_the_hf_cache_are_the_default(dino_vit, tmp_path, monkeypatch, capsys):
+    """What `latentae fetch-weights --only dino-vits8` leaves in the Hugging Face cache is what loss.disc.kind=dino
+    loads without loss.disc.weights; offline without it, fetch-weights says FAILED for it."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from latentae.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    assert main(["fetch-weights", "--only", "dino-vits8"]) == 1
+    assert capsys.readouterr().out.startswith("FAILED dino-vits8: dino-vits8 model 'facebook/dino-vits8' not found")
+    repo = tmp_path / "hf-cache" / "models--facebook--dino-vits8"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(dino_vit, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert main(["fetch-weights", "--only", "dino-vits8"]) == 0
+    assert capsys.readouterr().out.startswith(f"ok     dino-vits8: {snapshot}")
+    loss = AutoencoderLoss(LossConfig(perceptual_weight=0.0, disc=DiscConfig(kind="dino")))
+    assert loss.discriminator.backbone.model.config.hidden_size == 32  # the cached tiny ViT
