@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from latentae.errors import LatentaeError, MissingWeightsError
+from latentae.errors import LatentaeError, MissingWeightsError, ModelFormatError
 
 DOWNLOAD_TIMEOUT_S = 20  # per connect / read: fail fast on an offline node instead of hanging
 _CHUNK = 1 << 20
@@ -202,6 +202,9 @@ HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
     HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
              "the VF alignment loss (set loss.vf.weight=0 to train without it) and FD-DINOv2 in `latentae eval` and "
              "the probe (reported unavailable without it)", "loss.vf.model"),
+    HubModel("dino-vits8", "facebook/dino-vits8", ("config.json", "model.safetensors"),
+             "the frozen DINO ViT-S/8 of the RAE authors' discriminator, loss.disc.kind=dino (set "
+             "loss.disc.kind=patchgan to train without it)", "loss.disc.weights"),
     HubModel("clip", "openai/clip-vit-large-patch14-336", ("config.json", "pytorch_model.bin"),
              "CMMD in `latentae eval --metrics ...,cmmd` (reported unavailable without it)", "--cmmd-model"),
     # a fresh RAE's frozen encoder (the authors' encoders; model.encoder_weights: random for a smoke run)
@@ -278,3 +281,34 @@ def resolve_hub_model(
                 f"(or point HF_HUB_CACHE at a copy), or set {m.config_key} to a local directory with "
                 f"{', '.join(m.files)}")
     return Path(hf_hub_download(source, m.files[0], local_files_only=True, **where)).parent
+
+
+def load_hub_model(name: str, source: str | None, model_class: str, model_type: str, **kwargs):
+    """(transformers `model_class` loaded from `source`, its directory); `source` is a local directory or a hub id
+    (default: HUB_MODELS[name]'s), whose config.json must declare `model_type`; `kwargs` go to from_pretrained."""
+    import json
+
+    import transformers  # ImportError: the caller says what is unavailable, with the reason
+
+    directory = resolve_hub_model(name, source)
+    found = json.loads((directory / "config.json").read_text()).get("model_type")
+    if found != model_type:
+        raise ModelFormatError(f"{HUB_MODELS[name].config_key}: {directory} holds a '{found}' model, not "
+                               f"'{model_type}' (e.g. {HUB_MODELS[name].repo_id})")
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # unused weights (CLIP's text tower) are expected; missing ones refused below
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = getattr(transformers, model_class).from_pretrained(str(directory), local_files_only=True,
+                                                                       output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+    missing = sorted(info["missing_keys"])
+    if missing:  # transformers would leave them random
+        raise ModelFormatError(f"{HUB_MODELS[name].config_key}: {directory} lacks {len(missing)} weights of "
+                               f"{model_class} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return model, directory

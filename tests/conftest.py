@@ -38,6 +38,22 @@ def demo_images(tmp_path_factory) -> Path:
     return folder
 
 
+def write_dino_vit(path: Path, layers: int = 4) -> Path:
+    """A random-init transformers ViT shaped like facebook/dino-vits8 but tiny (32 wide, 4 layers: taps after the last
+    block and block 2; 8 px patches of 32 px: 16 tokens), saved as a local directory for loss.disc.weights."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(2)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+                       patch_size=8, image_size=32), add_pooling_layer=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dino_vit(tmp_path_factory) -> Path:
+    return write_dino_vit(tmp_path_factory.mktemp("dino-vit"))
+
+
 def tiny_run_overrides(output_dir, data, *extra) -> list[str]:
     """Overrides shrinking configs/tiny-kl.yaml to a model that trains a step in well under a second."""
     return [f"output_dir={output_dir}", f"data.train={data}", "data.resolution=32", "data.num_workers=0",

@@ -1,7 +1,8 @@
 """Run by tests/test_rae_training.py under torchrun (2 CPU processes, gloo): trains the tiny RAE a few steps with the
-PatchGAN on and writes, per rank, whether the decoders and discriminators are identical across ranks after every
+authors' DINO discriminator on (a random tiny ViT backbone, frozen, beside DDP's trained heads) and writes, per rank, whether the decoders and discriminators are identical across ranks after every
 step, the frozen encoder bit-identical to its initial weights, and the ranks' data different."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import write_dino_vit  # noqa: E402
 from test_rae_training import PRESET, run_overrides  # noqa: E402
 
 from latentae.data.train_stream import train_loader  # noqa: E402
@@ -28,8 +30,10 @@ def same_on_all_ranks(t: torch.Tensor) -> bool:
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
 
+dino = write_dino_vit(Path(verdict_dir) / f"dino-{os.environ['RANK']}")  # per rank: no race on one directory
 run = Run(load_run_config(PRESET, run_overrides(out_dir, images, "loss.disc.start=0", "loss.disc.warmup_steps=0",
-                                                "train.max_steps=3")))
+                                                "train.max_steps=3", "loss.disc.kind=dino",
+                                                f"loss.disc.weights={dino}")))
 acc, cfg = run.accelerator, run.cfg
 encoder = flat(run.model.vae.encoder.parameters()).clone()
 batches = iter(train_loader(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed, rank=acc.process_index,

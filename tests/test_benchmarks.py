@@ -11,7 +11,7 @@ def test_every_benchmark_is_a_subcommand(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import benchmark
 
-    names = ["batch", "data", "encode", "eval", "finetune", "quality", "tiling", "train"]
+    names = ["batch", "data", "encode", "eval", "finetune", "quality", "rae", "tiling", "train"]
     assert list(benchmark.subcommands()) == names
 
 
@@ -58,3 +58,21 @@ def test_finetune_benchmark_keeps_the_latent_space(shared_data, tmp_path):
         assert results[name]["steps"] >= 1
         assert results[name]["encoder_bit_identical"] and results[name]["heldout_latents_equal"]
     assert out.stdout.count("(aim +1.5") == 2
+
+
+def test_rae_benchmark_runs_both_loops_from_the_same_weights(shared_data, tmp_path):
+    """latentae's trainer and the research script's plain loop both train (tiny model and budget), start from the
+    same weights (the benchmark asserts it) and keep the frozen encoder."""
+    import json
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "rae", "--data-root", str(shared_data),
+           "--output", str(tmp_path / "out"), "--seconds", "1", "--resolution", "32", "--batch-size", "2",
+           "--width", "64", "--encoder-layers", "1", "--decoder-layers", "1", "--heldout-images", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert set(results) == {"initial", "latentae", "plain"}
+    for name in ("latentae", "plain"):
+        assert results[name]["steps"] >= 1 and results[name]["encoder_bit_identical"]
+        assert set(results[name]["metrics"]) == {"tiny-imagenet shard 9", "bsds500 test", "kodak"}
+    assert "images/s latentae / plain" in out.stdout

@@ -62,22 +62,44 @@ def test_lpips_gives_decoder_gradient_and_never_changes(loss):
     assert all(torch.equal(v, frozen[k]) for k, v in loss.perceptual.state_dict().items())
 
 
-def test_discriminator_update_leaves_generator_gradients_untouched(loss):
+@pytest.fixture(params=["patchgan", "dino"])
+def either_discriminator(request, loss, dino_vit):
+    """The module's PatchGAN loss, and one with the RAE authors' discriminator (a random tiny DINO ViT); with the
+    trainable parameters of its discriminator (the DINO backbone is frozen)."""
+    if request.param == "patchgan":
+        return loss, list(loss.discriminator.named_parameters())
+    torch.manual_seed(0)
+    dino = AutoencoderLoss(_cfg_kind("dino", dino_vit))
+    dino.perceptual = loss.perceptual  # reuse the module-scoped LPIPS
+    return dino, list(dino.discriminator.heads.named_parameters())
+
+
+def _cfg_kind(kind, weights):
+    cfg = _cfg()
+    cfg.disc.kind, cfg.disc.weights = kind, str(weights)
+    return cfg
+
+
+def test_discriminator_update_leaves_generator_gradients_untouched(either_discriminator):
+    loss, trainable = either_discriminator
     model = ToyAutoencoder()
     images = _images()
     out = model(images)
+    frozen_before = [p.requires_grad for p in loss.discriminator.parameters()]
     g_total, _ = loss(images, out, 0, last_layer=model.last_layer())
     g_total.backward(retain_graph=True)
     after_generator = [p.grad.clone() for p in model.parameters()]
     assert all(p.grad is None for p in loss.discriminator.parameters())  # generator update: D's grads empty
-    assert all(p.requires_grad for p in loss.discriminator.parameters())  # and D is unfrozen again
+    assert [p.requires_grad for p in loss.discriminator.parameters()] == frozen_before  # D's flags come back
+    assert all(p.requires_grad for _, p in trainable)
 
     d_total, d_logs = loss(images, out, 0, mode="discriminator")  # the reconstruction not detached by the caller
     d_total.backward()
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), after_generator))
     # (the last bias may get exactly 0: with every hinge active, real and fake pull it equally)
-    assert all(p.grad is not None for p in loss.discriminator.parameters())
-    assert all(p.grad.abs().sum() > 0 for n, p in loss.discriminator.named_parameters() if n.endswith("weight"))
+    assert all(p.grad is not None for _, p in trainable)
+    assert all(p.grad.abs().sum() > 0 for n, p in trainable if n.endswith("weight") or n.endswith("original"))
+    assert all(p.grad is None for p in loss.discriminator.parameters() if not p.requires_grad)  # a frozen backbone
     assert {"loss/disc", "disc/logits_real", "disc/logits_fake", "loss/total"} <= set(d_logs)
     loss.discriminator.zero_grad(set_to_none=True)
 

@@ -23,7 +23,7 @@ def test_all_presets_present():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_loads_and_builds(name, tmp_path):
+def test_preset_loads_and_builds(name, tmp_path, dino_vit):
     extra = []
     if name.endswith("decoder-finetune"):
         from latentae.models import KLAutoencoder
@@ -31,7 +31,8 @@ def test_preset_loads_and_builds(name, tmp_path):
         KLAutoencoder(block_out_channels=(32, 32), norm_num_groups=8, layers_per_block=1).save_pretrained(tmp_path)
         extra = [f"train.init_from={tmp_path}"]
     if name.startswith("rae-"):  # the pretrained encoder is not here: a random one of the same architecture, 8 x 8
-        extra = ["model.encoder_weights=random", "model.diffusers.encoder_input_size=112"]  # tokens for 128 px
+        extra = ["model.encoder_weights=random", "model.diffusers.encoder_input_size=112",  # tokens for 128 px
+                 f"loss.disc.weights={dino_vit}"]  # nor the discriminator's DINO: a random tiny ViT
     cfg = load_run_config(str(CONFIGS / f"{name}.yaml"), REQUIRED + extra)
     assert cfg.train.max_steps == 7 and cfg.data.resolution == 128
     assert cfg.loss.perceptual_weight == 0 and cfg.train.resume == "auto"

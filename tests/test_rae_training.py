@@ -46,10 +46,11 @@ def tiny_model(**extra):
 
 
 def run_overrides(out, data, *extra) -> list[str]:
+    """The preset shrunk to the tiny model, with the offline discriminator (the preset's DINO needs weights)."""
     return [f"output_dir={out}", f"data.train={data}", "data.resolution=32", "data.num_workers=0",
             "data.shuffle_buffer=8", "model.encoder_weights=random",
             *(f"model.diffusers.{k}={v}" for k, v in TINY.items()), "loss.perceptual_random_init=true",
-            "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=1", "train.batch_size=4",
+            "loss.disc.kind=patchgan", "loss.disc.channels=16", "loss.disc.start=2", "loss.disc.warmup_steps=1", "train.batch_size=4",
             "train.max_steps=4", "train.warmup_steps=0", "train.ema_decay=null", "train.log_every=1",
             "train.image_every=0", "eval.every=0", "train.mixed_precision=fp32", *extra]
 
@@ -145,19 +146,53 @@ def test_a_training_resolution_the_decoder_does_not_make_is_named(tmp_path, demo
     assert preset.model.at_resolution(256) is preset.model
 
 
-def test_decoder_only_finetune_of_an_autoencoder_rae_directory(tmp_path, demo_images):
-    tiny_rae_vae().save_pretrained(tmp_path / "pretrained")
-    before = AutoencoderRAE.from_pretrained(tmp_path / "pretrained").state_dict()
+def pretrained_rae(path: Path, noise_tau: float) -> Path:
+    vae = tiny_rae_vae()
+    vae.register_to_config(noise_tau=noise_tau)
+    vae.save_pretrained(path)
+    return path
+
+
+def finetune_config(tmp_path, demo_images, pretrained, *extra):
     overrides = [o for o in run_overrides(tmp_path / "run", demo_images, "loss.disc.weight=0") if
                  not o.startswith("model.")]
     preset = {k: v for k, v in yaml.safe_load(Path(PRESET).read_text()).items() if k != "model"}
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(preset))
-    run = Run(load_run_config(str(tmp_path / "ft.yaml"), [
-        *overrides, f"train.init_from={tmp_path / 'pretrained'}", "train.trainable=[vae.decoder]"]))
+    return load_run_config(str(tmp_path / "ft.yaml"), [
+        *overrides, f"train.init_from={pretrained}", "train.trainable=[vae.decoder]", *extra])
+
+
+def test_decoder_only_finetune_of_an_autoencoder_rae_directory(tmp_path, demo_images):
+    """The decoder trains, everything else stays, and the folder's noise_tau (not the default 0.8) is the one used
+    and exported."""
+    pretrained = pretrained_rae(tmp_path / "pretrained", noise_tau=0.3)
+    before = AutoencoderRAE.from_pretrained(pretrained).state_dict()
+    run = Run(finetune_config(tmp_path, demo_images, pretrained))
+    assert run.model.noise_tau == 0.3 and run.model.vae.noise_tau == 0.3
     run.fit()
-    after = AutoencoderRAE.from_pretrained(tmp_path / "run" / "export").state_dict()
+    exported = AutoencoderRAE.from_pretrained(tmp_path / "run" / "export")
+    after = exported.state_dict()
+    assert exported.config.noise_tau == 0.3
     assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("decoder."))
     assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("decoder."))
+
+
+def test_an_explicit_noise_tau_overrides_the_folders(tmp_path, demo_images):
+    pretrained = pretrained_rae(tmp_path / "pretrained", noise_tau=0.3)
+    cfg = finetune_config(tmp_path, demo_images, pretrained, "model.noise_tau=0.5")
+    assert cfg.model.family == "rae"  # filled in from the key
+    run = Run(cfg)
+    assert run.model.noise_tau == 0.5 and run.model.vae.config.noise_tau == 0.5
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"] == {"family": "rae", "noise_tau": 0.5}  # the saved config reloads as the same run
+    assert load_run_config(str(tmp_path / "run" / "config.yaml"), []).model.noise_tau == 0.5
+    with pytest.raises(ConfigError, match=r"remove model\.encoder_hidden_size"):
+        finetune_config(tmp_path, demo_images, pretrained, "model.noise_tau=0.5", "model.encoder_hidden_size=8")
+    from latentae.models import KLAutoencoder
+
+    KLAutoencoder(block_out_channels=(32, 32), norm_num_groups=8, layers_per_block=1).save_pretrained(tmp_path / "kl")
+    with pytest.raises(ConfigError, match=r"model\.noise_tau' applies to model\.family=rae, but .* is a kl model"):
+        Run(finetune_config(tmp_path, demo_images, tmp_path / "kl", "model.noise_tau=0.5"))
 
 
 @pytest.mark.slow

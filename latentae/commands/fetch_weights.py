@@ -20,7 +20,8 @@ loss.vf.model) and clip (openai/clip-vit-large-patch14-336, 1.7 GB: CMMD; a dire
   latentae fetch-weights --only clip
 
 Also only when named: rae-dinov2, rae-siglip2, rae-mae (the authors' RAE encoders, facebook/dinov2-with-registers-base,
-google/siglip2-base-patch16-256, facebook/vit-mae-base), needed to train a fresh model.family rae.
+google/siglip2-base-patch16-256, facebook/vit-mae-base), needed to train a fresh model.family rae, and dino-vits8
+(facebook/dino-vits8, 87 MB: the frozen backbone of loss.disc.kind=dino, the RAE authors' discriminator).
 """
 from __future__ import annotations
 

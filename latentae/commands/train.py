@@ -20,7 +20,10 @@ with the best train.export_metric instead.
 A structured latent (DC-AE 1.5, model.structured_channels): each step encodes with one count drawn from
 train.sample_channels (default: all), and each validation runs at every count of eval.channels (default: all),
 logged as val/psnr@16, ... and their mean val/psnr@mean, which train.export=best ranks by: one export serves
-every count."""
+every count.
+Discriminator: loss.disc.kind=patchgan (LDM's, no weights) or dino (the RAE authors': a frozen DINO ViT-S/8,
+loss.disc.weights=<hub id or directory>, `latentae fetch-weights --only dino-vits8`; loss.disc.head_kernel, cutout).
+A fine-tune (train.init_from) takes its architecture from the model; model.noise_tau (RAE) may still be set."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

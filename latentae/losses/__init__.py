@@ -1,4 +1,5 @@
-"""Training objectives: reconstruction, LPIPS, KL / quantizer terms, PatchGAN discriminator, diagnostics.
+"""Training objectives: reconstruction, LPIPS, KL / quantizer terms, discriminators (PatchGAN; the RAE authors' on
+frozen DINO features), diagnostics.
 
     loss = AutoencoderLoss(cfg.loss, model.bottleneck)
     out = model(images)

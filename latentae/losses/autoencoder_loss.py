@@ -48,7 +48,8 @@ from latentae.config import ConfigError
 from latentae.losses.adaptive import adaptive_weight
 from latentae.losses.alignment import Alignment
 from latentae.losses.config import LossConfig
-from latentae.losses.discriminator import NLayerDiscriminator
+from latentae.losses.discriminator import build_discriminator
+from latentae.losses.dino_discriminator import to_8bit_levels
 from latentae.losses.equivariance import (equivariance_loss, scale_equivariance_loss, strongest_downscaling,
                                           transformed_sizes)
 from latentae.losses.gan import LeCAMAnchors, discriminator_loss, generator_loss, lecam_penalty, r1_penalty
@@ -109,7 +110,7 @@ class AutoencoderLoss(nn.Module):
                                           random_init=cfg.perceptual_random_init)
                            if cfg.perceptual_weight > 0 else None)
         d = cfg.disc
-        self.discriminator = NLayerDiscriminator(IMAGE_CHANNELS, channels=d.channels, layers=d.layers, norm=d.norm)
+        self.discriminator = build_discriminator(d, IMAGE_CHANNELS)  # dino: loads its backbone, fails early
         self.lecam = LeCAMAnchors(d.lecam_decay, micro_batches) if d.lecam_weight > 0 else None
         if cfg.vf.weight > 0 and latent_channels is None:
             raise ValueError("loss.vf needs latent_channels= (the channels of the latent the decoder takes)")
@@ -289,6 +290,8 @@ class AutoencoderLoss(nn.Module):
         if r1:
             real.requires_grad_(True)  # a detached copy: R1 differentiates w.r.t. the real images
         disc = self._prepared_discriminator if self._prepared_discriminator is not None else self.discriminator
+        if self.discriminator.rounds_fakes:
+            fake = to_8bit_levels(fake)
         # One forward over real and fake together (batch norm under NCCL; one spectral-norm power step).
         logits_real, logits_fake = disc(torch.cat([real, fake])).float().split([real.shape[0], fake.shape[0]])
         total = discriminator_loss(d.loss, logits_real, logits_fake)

@@ -50,6 +50,10 @@ class KLConfig:
 
 @dataclass
 class DiscConfig:
+    # patchgan: LDM's PatchGAN on pixels (layers / channels / norm below), no weights needed; dino: the RAE authors'
+    # frozen DINO ViT-S/8 with trained heads on its token maps, DiffAugment on its inputs (weights / head_kernel /
+    # cutout below; latentae/losses/dino_discriminator.py)
+    kind: Literal["patchgan", "dino"] = "patchgan"
     start: int = 50001  # step from which the adversarial term enters the generator loss (SD KL-f8: 50001)
     warmup_steps: int = 0  # the discriminator trains this many steps before `start`, so it is not untrained then
     loss: Literal["hinge", "non_saturating", "vanilla"] = "hinge"
@@ -59,6 +63,10 @@ class DiscConfig:
     layers: int = 3  # PatchGAN stride-2 layers (3: 70x70 receptive field)
     channels: int = 64  # channels of the first layer (doubling per layer, at most 8x)
     norm: Literal["group", "batch", "none", "spectral"] = "batch"  # LDM: batch; run on cat([real, fake]) once
+    weights: Optional[str] = None  # dino: the backbone, a hub id (from the HF cache) or a local transformers
+    # directory; null: facebook/dino-vits8 (`latentae fetch-weights --only dino-vits8`)
+    head_kernel: int = 9  # dino: kernel of each head's token convolution (the authors': 9)
+    cutout: float = 0.0  # dino: DiffAugment's cutout side as a fraction of the image side (the authors': 0, off)
     lecam_weight: float = 0.0  # LeCAM regularization (Tseng et al. 2021); 0 = off
     lecam_decay: float = 0.99  # EMA decay per optimizer step of the mean real / fake logits LeCAM anchors to
     r1_weight: float = 0.0  # R1 gamma: adds gamma/2 * E|grad_x D(x)|^2 on real images; 0 = off
@@ -77,6 +85,13 @@ class DiscConfig:
                               f"got {self.layers} and {self.channels}")
         if not 0 <= self.lecam_decay < 1:
             raise ConfigError(f"config key 'loss.disc.lecam_decay' must be in [0, 1), got {self.lecam_decay}")
+        if self.head_kernel < 1 or self.head_kernel % 2 == 0:  # an odd kernel keeps the token count
+            raise ConfigError(f"config key 'loss.disc.head_kernel' must be an odd number >= 1, got {self.head_kernel}")
+        if not 0 <= self.cutout < 1:
+            raise ConfigError(f"config key 'loss.disc.cutout' must be in [0, 1), got {self.cutout}")
+        if self.kind == "patchgan" and self.weights is not None:
+            raise ConfigError("config key 'loss.disc.weights' names the backbone of loss.disc.kind=dino; the PatchGAN "
+                              "has none: set loss.disc.kind=dino, or remove loss.disc.weights")
 
 
 @dataclass

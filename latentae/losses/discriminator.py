@@ -1,10 +1,13 @@
-"""PatchGAN discriminator (pix2pix's NLayerDiscriminator, as used by taming / LDM): one logit per patch."""
+"""PatchGAN discriminator (pix2pix's NLayerDiscriminator, as used by taming / LDM): one logit per patch; and
+`build_discriminator`, the one place loss.disc.kind picks the discriminator."""
 from __future__ import annotations
 
 import math
 
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from latentae.losses.dino_discriminator import DINODiscriminator
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -50,6 +53,7 @@ class NLayerDiscriminator(nn.Module):
         blocks.append(convs[-1])
         self.main = nn.Sequential(*blocks)
         self.mixes_batch = norm == "batch"  # a sample's logits depend on the rest of its batch (train mode)
+        self.rounds_fakes = False  # its D step sees the fakes as decoded (LDM)
 
     @staticmethod
     def _init(convs: list[nn.Conv2d]) -> None:
@@ -61,3 +65,10 @@ class NLayerDiscriminator(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.main(images)
+
+
+def build_discriminator(cfg, in_channels: int = 3) -> nn.Module:
+    """The discriminator loss.disc (a DiscConfig) describes; both have `mixes_batch` and `rounds_fakes`."""
+    if cfg.kind == "dino":
+        return DINODiscriminator(cfg.weights, kernel_size=cfg.head_kernel, cutout=cfg.cutout)
+    return NLayerDiscriminator(in_channels, channels=cfg.channels, layers=cfg.layers, norm=cfg.norm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from latentae.config import ConfigError
 
@@ -15,6 +16,9 @@ class ModelConfig:
     that another family takes but this one does not is named as such."""
 
     family: str = "kl"
+    # keys a fine-tune (train.init_from) may set over the pretrained model's: training-time settings, never the
+    # architecture; None in them means "the pretrained model's"
+    FINETUNE_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __new__(cls, *args, **keys):
         # ModelConfig(...) makes the named family's config; Python then runs that class's __init__ on it
@@ -49,6 +53,21 @@ class ModelConfig:
     def foreign_key_hint(cls, family: str) -> str:
         """What to write instead of a key of another family."""
         return ""
+
+    def finetune_settings(self) -> dict:
+        """The FINETUNE_KEYS this config sets (not None): what a fine-tune changes on the pretrained model."""
+        return {k: getattr(self, k) for k in self.FINETUNE_KEYS if getattr(self, k) is not None}
+
+    def apply_to(self, model) -> None:
+        """Set finetune_settings() on `model`, loaded for a fine-tune (its class has a setter for each key)."""
+        from latentae.models.families import family_of
+
+        settings = self.finetune_settings()
+        if settings and family_of(model).name != self.family:
+            raise ConfigError(f"config key 'model.{next(iter(settings))}' applies to model.family={self.family}, but "
+                              f"train.init_from is a {family_of(model).name} model")
+        for key, value in settings.items():
+            setattr(model, key, value)
 
     def at_resolution(self, resolution: int) -> ModelConfig:
         """This config for a model trained on `resolution`-px images: diffusers' tile size (`sample_size`) set to it

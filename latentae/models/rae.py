@@ -130,6 +130,12 @@ class RAEAutoencoder(WrappedAutoencoder):
         """The largest per-sample noise std of the training latents (AutoencoderRAE's own config key)."""
         return self.vae.noise_tau
 
+    @noise_tau.setter
+    def noise_tau(self, value: float) -> None:
+        """Also in the vae's config, so the export's config.json says what the training used."""
+        self.vae.noise_tau = float(value)
+        self.vae.register_to_config(noise_tau=float(value))
+
     @property
     def downsample_factor(self) -> int:  # decoder patch: image_size / token grid side
         return self.config["patch_size"]

@@ -3,6 +3,7 @@ things its constructor does not say: where the frozen encoder's weights come fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 from latentae.config import ConfigError
 from latentae.models.wrapped_config import WrappedConfig
@@ -17,16 +18,18 @@ class RAEConfig(WrappedConfig):
     # transformers model; null: the authors' for model.diffusers.encoder_type (facebook/dinov2-with-registers-base,
     # google/siglip2-base-patch16-256, facebook/vit-mae-base); "random": a random-init encoder (smoke runs only)
     encoder_weights: str | None = None
-    # per-sample latent noise std ~ U(0, noise_tau) while training (the authors': 0.8; 0: none); exported as
-    # AutoencoderRAE's noise_tau, which its encode applies in training mode only
-    noise_tau: float = AUTHORS_NOISE_TAU
+    # per-sample latent noise std ~ U(0, noise_tau) while training (0: none); exported as AutoencoderRAE's
+    # noise_tau, which its encode applies in training mode only. null: the authors' 0.8 for a fresh model, the
+    # pretrained folder's config.json value for a fine-tune (train.init_from), which a number overrides
+    noise_tau: Optional[float] = None
+    FINETUNE_KEYS: ClassVar[tuple[str, ...]] = ("noise_tau",)
 
     def __post_init__(self):
         super().__post_init__()
         if "noise_tau" in self.diffusers:
             raise ConfigError("config key 'model.diffusers.noise_tau': set model.noise_tau instead (the training "
                               f"latent noise; default the authors' {AUTHORS_NOISE_TAU})")
-        if self.noise_tau < 0:
+        if self.noise_tau is not None and self.noise_tau < 0:
             raise ConfigError(f"config key 'model.noise_tau' must be >= 0, got {self.noise_tau}")
 
     def at_resolution(self, resolution: int) -> RAEConfig:
@@ -47,7 +50,8 @@ class RAEConfig(WrappedConfig):
         return self
 
     def model_kwargs(self) -> dict:
-        return {**self.diffusers, "noise_tau": self.noise_tau, "encoder_weights": self.encoder_weights}
+        noise_tau = AUTHORS_NOISE_TAU if self.noise_tau is None else self.noise_tau
+        return {**self.diffusers, "noise_tau": noise_tau, "encoder_weights": self.encoder_weights}
 
     @classmethod
     def describing(cls, model, family: str) -> RAEConfig:

@@ -118,10 +118,19 @@ def load_run_config(path: str, overrides: list[str]) -> RunConfig:
 
 
 def check_finetune_config(raw: dict) -> None:
-    """With train.init_from the architecture comes from that model: a model: section would be ignored."""
-    if (raw.get("train") or {}).get("init_from") and raw.get("model"):
+    """With train.init_from the architecture comes from that model: a model: section may only hold the training-time
+    keys of a family's FINETUNE_KEYS (RAE's noise_tau); `family:` is filled in from them when left out."""
+    model = raw.get("model")
+    if not (raw.get("train") or {}).get("init_from") or not model:
+        return
+    from latentae.models.families import FAMILIES
+
+    owners = {f.name for f in FAMILIES.values() for key in model if key in f.config.FINETUNE_KEYS}
+    fixed = [k for k in model if k != "family" and not any(k in f.config.FINETUNE_KEYS for f in FAMILIES.values())]
+    if fixed or not owners or len(owners) > 1:
         raise ConfigError("config keys 'model.*' cannot be combined with 'train.init_from': the architecture is "
-                          f"the pretrained model's (remove {', '.join('model.' + k for k in raw['model'])})")
+                          f"the pretrained model's (remove {', '.join('model.' + k for k in fixed or model)})")
+    model.setdefault("family", owners.pop())
 
 
 def check_adaptive_weight(model, cfg: RunConfig) -> None:

@@ -64,6 +64,7 @@ def make_model(cfg: RunConfig):
         from latentae.loading import load
 
         model = load(cfg.train.init_from)
+        cfg.model.apply_to(model)  # the fine-tune keys the config sets (RAE's noise_tau)
     else:
         model = build_model(cfg.model.at_resolution(cfg.data.resolution))
     model.train()
@@ -117,7 +118,11 @@ def save_config(cfg: RunConfig, accelerator, resolved: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         given = to_dict(cfg)
         if cfg.train.init_from:  # the architecture is the pretrained model's (see its export's config.json)
-            del given["model"]
+            settings = cfg.model.finetune_settings()
+            if settings:
+                given["model"] = {"family": cfg.model.family, **settings}
+            else:
+                del given["model"]
         (out / "config.yaml").write_text(yaml.safe_dump(given, sort_keys=False))
         (out / RESOLVED_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 

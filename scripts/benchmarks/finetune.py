@@ -159,7 +159,7 @@ def train_for(trainer, seconds: float) -> dict:
 
 
 def table(results: dict) -> str:
-    sets = list(results["pretrained"]["metrics"])
+    sets = list(next(iter(results.values()))["metrics"])  # every row measures the same sets
     rows = ["| model | steps | " + " | ".join(f"{s} PSNR / SSIM" for s in sets) + " |", "|---" * (len(sets) + 2) + "|"]
     for name, r in results.items():
         cells = [f"{r['metrics'][s]['psnr']:.2f} / {r['metrics'][s]['ssim']:.4f}" for s in sets]

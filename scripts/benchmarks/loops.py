@@ -48,6 +48,7 @@ _PLAIN_UNSUPPORTED = {
     "loss.kl.schedule": lambda cfg: cfg.loss.kl.schedule != "constant",
     "loss.kl.free_bits": lambda cfg: cfg.loss.kl.free_bits != 0,
     "loss.perceptual_net": lambda cfg: cfg.loss.perceptual_weight > 0 and cfg.loss.perceptual_net != "vgg",
+    "loss.disc.kind": lambda cfg: cfg.loss.disc.weight > 0 and cfg.loss.disc.kind != "patchgan",
     "loss.disc.loss": lambda cfg: cfg.loss.disc.weight > 0 and cfg.loss.disc.loss != "hinge",
     "loss.disc.adaptive": lambda cfg: cfg.loss.disc.weight > 0 and not cfg.loss.disc.adaptive,
     "loss.disc.lecam_weight": lambda cfg: cfg.loss.disc.lecam_weight > 0,
@@ -163,3 +164,54 @@ class PlainLoop:
         """(modules, optimizers) holding the training state."""
         modules = [self.vae] + [m for m in (self.disc, self.lpips) if m is not None]
         return modules, [o for o in (self.opt_g, self.opt_d) if o is not None]
+
+
+class PlainRAELoop:
+    """The fp32 loop of diffusers' examples/research_projects/autoencoder_rae/train_autoencoder_rae.py, read from
+    the same RunConfig as latentae's trainer: the `AutoencoderRAE` latentae builds for model.family rae (same
+    architecture, initial weights and noise_tau, as the script's --noise_tau), its training-mode forward on [0, 1]
+    pixels (the noise-augmented latents decoded), L1 to the input, no LPIPS, no GAN, no EMA; AdamW over the
+    parameters that require grad (the encoder frozen) with the script's defaults (lr 1e-4, betas (0.9, 0.999),
+    weight decay 1e-2, eps 1e-8), grad-norm clip 1.0, diffusers' `constant_with_warmup` schedule (one of its
+    --lr_scheduler choices: a wall-clock budget has no step count for its cosine) over train.warmup_steps."""
+
+    precision = "fp32"
+    LR, BETAS, WEIGHT_DECAY, EPS, MAX_GRAD_NORM = 1e-4, (0.9, 0.999), 1e-2, 1e-8, 1.0
+
+    def __init__(self, cfg, batches=primed_batches):
+        import torch
+        from diffusers.optimization import get_scheduler
+
+        from latentae.models import build_model
+
+        if cfg.model.family != "rae" or cfg.train.init_from:
+            raise SystemExit("the plain AutoencoderRAE loop trains a fresh model.family rae")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(cfg.seed)  # the initial weights Run(cfg) builds
+        self.vae = build_model(cfg.model.at_resolution(cfg.data.resolution)).vae.to(self.device)
+        self.vae.encoder.requires_grad_(False)
+        self.vae.decoder.requires_grad_(True)
+        self.vae.train()
+        self.opt = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=self.LR,
+                                     betas=self.BETAS, weight_decay=self.WEIGHT_DECAY, eps=self.EPS)
+        self.schedule = get_scheduler("constant_with_warmup", optimizer=self.opt,
+                                      num_warmup_steps=cfg.train.warmup_steps)
+        self.batches = batches(cfg)
+
+    def step(self, step: int) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        pixel_values = (next(self.batches)["image"].to(self.device) + 1) / 2
+        loss = F.l1_loss(self.vae(pixel_values).sample.float(), pixel_values.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.MAX_GRAD_NORM)
+        self.opt.step()
+        self.schedule.step()
+        self.opt.zero_grad()
+        return {"loss": loss.detach()}
+
+    def model(self):
+        from latentae.models.rae import RAEAutoencoder
+
+        return RAEAutoencoder(vae=self.vae)  # shares the weights: latentae's interface for the measurements
