@@ -173,7 +173,7 @@ def fetch_all(
                 m = HUB_MODELS[name]
                 target = Path(directory).expanduser() / m.repo_id.split("/")[-1] if directory is not None else None
                 path = resolve_hub_model(name, directory=target)
-                size = sum((path / f).stat().st_size for f in m.files)
+                size = sum((path / f).stat().st_size for names in m.needed for f in names if (path / f).is_file())
                 where = f"set {m.config_key}={path}" if target is not None else "Hugging Face cache"
             else:
                 w = entry(name)
@@ -192,23 +192,33 @@ def fetch_all(
 class HubModel:
     name: str  # `latentae fetch-weights --only NAME`
     repo_id: str  # the default Hugging Face model id
-    files: tuple[str, ...]  # what from_pretrained needs: safetensors where the repository has them (OpenAI's
-    # CLIP repositories hold a pytorch_model.bin, which transformers reads with torch.load(weights_only=True))
     used_for: str  # what needs it, and how to run without it
     config_key: str  # the config key or option that names the model (a hub id or a local directory)
+    # from_pretrained needs config.json and one weight file: safetensors first, else the pytorch_model.bin older
+    # repositories hold (transformers reads it with torch.load(weights_only=True)); which one a repository has
+    # cannot be checked offline, so either is accepted
+    weights: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+
+    @property
+    def needed(self) -> tuple[tuple[str, ...], ...]:
+        """Each file from_pretrained needs, as its accepted names in order of preference."""
+        return ("config.json",), self.weights
+
+    def describe(self) -> str:
+        return ", ".join(" or ".join(names) for names in self.needed)
 
 
 HUB_MODELS: dict[str, HubModel] = {m.name: m for m in [
-    HubModel("dinov2", "facebook/dinov2-large", ("config.json", "model.safetensors"),
+    HubModel("dinov2", "facebook/dinov2-large",
              "the VF alignment loss (set loss.vf.weight=0 to train without it) and FD-DINOv2 in `latentae eval` and "
              "the probe (reported unavailable without it)", "loss.vf.model"),
-    HubModel("dino-vits8", "facebook/dino-vits8", ("config.json", "model.safetensors"),
+    HubModel("dino-vits8", "facebook/dino-vits8",
              "the frozen DINO ViT-S/8 of the RAE authors' discriminator, loss.disc.kind=dino (set "
              "loss.disc.kind=patchgan to train without it)", "loss.disc.weights"),
-    HubModel("clip", "openai/clip-vit-large-patch14-336", ("config.json", "pytorch_model.bin"),
+    HubModel("clip", "openai/clip-vit-large-patch14-336",
              "CMMD in `latentae eval --metrics ...,cmmd` (reported unavailable without it)", "--cmmd-model"),
     # a fresh RAE's frozen encoder (the authors' encoders; model.encoder_weights: random for a smoke run)
-    *(HubModel(f"rae-{kind}", repo, ("config.json", "model.safetensors"),
+    *(HubModel(f"rae-{kind}", repo,
                f"a fresh RAE's frozen {kind} encoder (model.family rae, model.diffusers.encoder_type {kind}; "
                "model.encoder_weights: random trains on a random-init one, for smoke runs only)",
                "model.encoder_weights")
@@ -243,44 +253,54 @@ def resolve_hub_model(
 ) -> Path:
     """A local directory holding the model's files; raises MissingWeightsError (one line) when it cannot be had."""
     from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError  # a file the repository lacks (not an OSError in hub 2.x)
 
     m = HUB_MODELS[name]
     source = source or m.repo_id
     local = Path(source).expanduser()
     if local.is_dir() or _looks_like_path(source):
-        missing = [f for f in m.files if not (local / f).is_file()]
+        missing = [names for names in m.needed if not any((local / f).is_file() for f in names)]
         if missing:
-            what = f"missing {', '.join(missing)} in" if local.is_dir() else "no such directory:"
+            what = f"missing {', '.join(' or '.join(n) for n in missing)} in" if local.is_dir() else \
+                "no such directory:"
             raise MissingWeightsError(
-                f"'{m.config_key}': {what} {local} (a directory with {', '.join(m.files)}, e.g. from "
+                f"'{m.config_key}': {what} {local} (a directory with {m.describe()}, e.g. from "
                 f"`latentae fetch-weights --only {name} --dir DIR`, is needed for {m.used_for})")
         return local
     where = {"local_dir": str(directory)} if directory is not None else {}
-    missing = []
-    for f in m.files:
-        try:
-            hf_hub_download(source, f, local_files_only=True, **where)
-        except (OSError, ValueError):  # ValueError: not a valid hub id
-            missing.append(f)
+
+    def cached(names: tuple[str, ...]) -> str | None:
+        for f in names:
+            try:
+                return hf_hub_download(source, f, local_files_only=True, **where)
+            except (OSError, ValueError):  # ValueError: not a valid hub id
+                continue
+        return None
+
+    missing = [names for names in m.needed if cached(names) is None]
     if missing:
         reason = "HF_HUB_OFFLINE is set" if hf_offline() else None if download else "downloads disabled"
-        if reason is None:
-            try:
-                for f in missing:
+        for names in missing if reason is None else []:
+            for f in names:  # the first name the repository has
+                try:
                     hf_hub_download(source, f, **where)
-            except (OSError, ValueError) as e:  # no network, unknown repo (huggingface_hub's errors are OSErrors)
-                reason = _first_line(e)
+                    reason = None
+                    break
+                except (OSError, ValueError, EntryNotFoundError) as e:  # no network, unknown repo or file
+                    reason = _first_line(e)
+            if reason is not None:
+                break
         if reason is not None:
             cache = directory if directory is not None else constants.HF_HUB_CACHE
             other = "" if source == m.repo_id else \
-                f" (that fetches {m.repo_id}; for {source}: `hf download {source} {' '.join(m.files)}`)"
+                f" (that fetches {m.repo_id}; for {source}: `hf download {source} config.json {m.weights[0]}`)"
             raise MissingWeightsError(
-                f"{name} model '{source}' not found: {', '.join(missing)} missing from the Hugging Face cache "
-                f"{cache} and not downloaded ({reason}). It is needed for {m.used_for}. Run `latentae "
-                f"fetch-weights --only {name}`{other} on a machine with internet access and copy the cache here "
-                f"(or point HF_HUB_CACHE at a copy), or set {m.config_key} to a local directory with "
-                f"{', '.join(m.files)}")
-    return Path(hf_hub_download(source, m.files[0], local_files_only=True, **where)).parent
+                f"{name} model '{source}' not found: {', '.join(' or '.join(n) for n in missing)} missing from the "
+                f"Hugging Face cache {cache} and not downloaded ({reason}). It is needed for {m.used_for}. Run "
+                f"`latentae fetch-weights --only {name}`{other} on a machine with internet access and copy the "
+                f"cache here (or point HF_HUB_CACHE at a copy), or set {m.config_key} to a local directory with "
+                f"{m.describe()}")
+    return Path(cached(m.needed[0])).parent
 
 
 def load_hub_model(name: str, source: str | None, model_class: str, model_type: str, **kwargs):

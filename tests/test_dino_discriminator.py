@@ -147,7 +147,7 @@ def test_missing_backbone_names_the_files_the_key_and_the_fetch_command(offline_
     message = str(e.value)
     assert "facebook/dino-vits8" in message and "model.safetensors" in message and "loss.disc.weights" in message
     assert "fetch-weights --only dino-vits8" in message and "loss.disc.kind=patchgan" in message
-    with pytest.raises(MissingWeightsError, match=r"missing config\.json, model\.safetensors in"):
+    with pytest.raises(MissingWeightsError, match=r"missing config\.json, model\.safetensors or pytorch_model\.bin in"):
         AutoencoderLoss(LossConfig(perceptual_weight=0.0, disc=DiscConfig(kind="dino", weights=str(tmp_path))))
 
 

@@ -205,7 +205,7 @@ def test_missing_dinov2_is_one_line_naming_files_and_fetch_weights(tmp_path, mon
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingWeightsError) as err:
         _loss(tmp_path / "empty")
-    assert "missing config.json, model.safetensors in" in _one_line(err)
+    assert "missing config.json, model.safetensors or pytorch_model.bin in" in _one_line(err)
     (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "vit"}))
     (tmp_path / "empty" / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelFormatError, match="holds a 'vit' model, not DINOv2"):

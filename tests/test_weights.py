@@ -1,6 +1,7 @@
 """Weight resolution order (configured path, torch hub cache, download), the offline error, `fetch-weights`."""
 import hashlib
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,46 @@ def test_fetch_weights_command(offline_cache, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in staged.iterdir()) == sorted(
         w.filename for w in weights.REGISTRY.values() if w.url)
     assert len(capsys.readouterr().out.splitlines()) == len(weights.REGISTRY)
+
+
+def test_hub_models_take_whichever_weight_file_the_repository_holds(tmp_path, monkeypatch):
+    """Older repositories (OpenAI's CLIP) hold pytorch_model.bin, newer ones model.safetensors: which one cannot be
+    checked offline, so safetensors is tried first and the .bin fetched when the repository has only that."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from latentae.weights import MissingWeightsError, resolve_hub_model
+
+    local = tmp_path / "clip-local"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    with pytest.raises(MissingWeightsError, match="missing model.safetensors or pytorch_model.bin in"):
+        resolve_hub_model("clip", str(local))
+    (local / "pytorch_model.bin").write_bytes(b"")
+    assert resolve_hub_model("clip", str(local)) == local
+
+    repo = {"config.json", "pytorch_model.bin"}  # what the fake hub repository holds
+    fetched = []
+
+    def fake_download(repo_id, filename, *, local_files_only=False, local_dir=None, **kwargs):
+        path = Path(local_dir) / filename
+        if local_files_only:
+            if not path.is_file():
+                raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        elif filename not in repo:
+            raise huggingface_hub.errors.EntryNotFoundError(f"404: {filename}")
+        else:
+            path.write_text("{}")
+            fetched.append(filename)
+        return str(path)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    target = tmp_path / "staged"
+    target.mkdir()
+    assert resolve_hub_model("clip", directory=target) == target
+    assert fetched == ["config.json", "pytorch_model.bin"]
+    repo = {"config.json"}  # neither weight file: the error names both
+    with pytest.raises(MissingWeightsError, match="model.safetensors or pytorch_model.bin missing"):
+        resolve_hub_model("clip", directory=tmp_path / "empty")
