@@ -8,8 +8,9 @@ Several --model: side by side. The images are read and decoded once and go throu
 its full report in OUTPUT/NAME, and OUTPUT gets compare.md / compare.json (a row per model: PSNR, SSIM, LPIPS,
 rFID, FD-DINOv2 and CMMD when asked for, latent shape, compression ratio = pixels x 3 / latent elements, encode and
 decode ms per image) and grid.png (inputs, then each model's reconstructions). With --resolution native the crop
-is a multiple of every model's downsampling factor. A model with a structured latent (DC-AE 1.5, model.structured_channels) counts as one
-model per channel count it serves ("NAME c16", ...; --channels picks some), so its counts share one table.
+is a multiple of every model's downsampling factor. A model with a structured latent (DC-AE 1.5,
+model.structured_channels) counts as one model per channel count it serves ("NAME c16", ...; --channels picks
+some), so its counts share one table.
 
 Protocol: each image's shorter side is resized to --resolution (bicubic, antialiased when shrinking; smaller
 images are upscaled) and the center square is cropped; with --resolution native the whole image is used, center-
