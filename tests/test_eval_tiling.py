@@ -169,3 +169,4 @@ def test_cli_tiling_option_reaches_the_report(tmp_path):
         GradientState._reset_state()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["protocol"]["tiling"].startswith("2 of 2 images reconstructed in tiles (--tiling on")
+    assert f"- tiling: {report['protocol']['tiling']}\n" in (tmp_path / "out" / "report.md").read_text()
