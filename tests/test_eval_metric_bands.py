@@ -5,8 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from latentae.evaluation import metrics
-from latentae.evaluation.metrics import (SSIM_K1, SSIM_K2, SSIM_KERNEL, SSIM_SIGMA, pieces, psnr_per_image,
-                                         ssim_per_image)
+from latentae.evaluation.metrics import (
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_KERNEL,
+    SSIM_SIGMA,
+    pieces,
+    psnr_per_image,
+    ssim_per_image,
+)
 
 
 def pair(n=3, h=70, w=53, seed=0):

@@ -16,8 +16,8 @@ group of at most PIECE_ELEMENTS elements at a time (one image when an image is l
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn

@@ -11,7 +11,7 @@ half may be absent (a preview decoder ships alone): asking for it then says whic
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config

@@ -115,10 +115,10 @@ def run(args) -> None:
     if args.child:
         return child(args)
     import numpy as np
+    from machine import load_average
 
     from latentae.data import load_image
     from latentae.evaluation.metrics import to_uint8
-    from machine import load_average
 
     runs, recon = {}, {}
     for tiling in ("on", "off"):
