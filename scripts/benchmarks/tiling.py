@@ -6,6 +6,7 @@ tracemalloc); then the seam error, tiled against untiled reconstruction, and eac
     python scripts/benchmark.py tiling --model ../shared/models/taef2 --size 0 --tile 256 --overlap 64 \\
         --image kodim01.png,kodim02.png      # native size, small tiles: several seams per photo
     python scripts/benchmark.py tiling --metrics-only --size 4096   # PSNR / SSIM alone on one pair
+    python scripts/benchmark.py tiling --metrics-only --lpips      # LPIPS alone on one pair
 
 --model: a trained model (latentae.load); without it a random-init KLAutoencoder (MODEL). --size: the shorter
 side resized to this, center square (a Kodak photo upscaled); 0: native size. --metrics-only: no model, the
@@ -72,22 +73,30 @@ def child(args) -> None:
 
 
 def metrics_only(args) -> None:
-    """The per-image metrics alone on one large pair: the input and a blurred copy (no model)."""
+    """The per-image metrics alone on one large pair: the input and a blurred copy (no model); PSNR and SSIM, or
+    with --lpips LPIPS-alex (a random-init trunk: the real one's shapes, no weight file needed)."""
     import torch
 
     from latentae.data import load_image
-    from latentae.evaluation.metrics import psnr_per_image, ssim_per_image, to_uint8
+    from latentae.evaluation.metrics import psnr_per_image, ssim_per_image, to_uint8, uint8_to_unit
 
     torch.set_num_threads(args.threads)
     x = load_image(_images(args)[0], args.size or None)[None]
     real = to_uint8(x)
     fake = to_uint8(torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
     del x
+    if args.lpips:
+        from latentae.losses import PerceptualLoss
+
+        lpips = PerceptualLoss("alex", random_init=True)
+        fns = {"lpips": lambda r, f: lpips(uint8_to_unit(f), uint8_to_unit(r))}
+    else:
+        fns = {"psnr": psnr_per_image, "ssim": ssim_per_image}
     before, t, cpu = _peak_mib(), time.perf_counter(), time.process_time()
-    psnr, ssim = float(psnr_per_image(real, fake)), float(ssim_per_image(real, fake))
+    with torch.no_grad():
+        values = {name: float(fn(real, fake)) for name, fn in fns.items()}
     print(json.dumps({"size": tuple(real.shape[-2:]), "rss_before_mib": before, "peak_rss_mib": _peak_mib(),
-                      "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, "psnr": psnr,
-                      "ssim": ssim}))
+                      "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, **values}))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,6 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--metrics-only", action="store_true")
+    p.add_argument("--lpips", action="store_true", help="--metrics-only: LPIPS instead of PSNR / SSIM")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
 
