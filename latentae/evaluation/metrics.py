@@ -127,7 +127,9 @@ SSIM_DESCRIPTION = (f"torchmetrics structural_similarity_index_measure (Wang et 
                     "border), per image; mean over images. "
                     f"Computed in float32: within {SSIM_FLOAT32_ERROR:g} of float64 per image (largest difference "
                     "found against blurred and JPEG-20 reconstructions: 2.4e-05 on the 24 Kodak photos at native "
-                    "size, 3.8e-05 on the 200 BSDS500 test photos at 256 px)")
+                    "size, 3.8e-05 on the 200 BSDS500 test photos at 256 px). Images of more than "
+                    f"{PIECE_ELEMENTS} elements (channels x pixels) go in row bands with the window's halo: the same "
+                    "positions and values, in bounded memory")
 
 
 def uint8_to_unit(images: Tensor) -> Tensor:

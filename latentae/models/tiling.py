@@ -32,7 +32,9 @@ from latentae.models.output import AutoencoderOutput
 from latentae.models.posterior import GaussianPosterior
 TILE_PX, OVERLAP_PX = 512, 128  # latentae's own tiling, in pixels (diffusers' AutoencoderKL defaults for SD)
 TAEF2_SEAMS = ("measured on TAEF2 (a Kodak photo upscaled to 2048 x 2048): 60.1 dB PSNR between tiled and untiled "
-               "reconstructions (at most 4 levels of 255 apart), PSNR against the input 0.017 dB lower (BENCHMARKS.md)")
+               "reconstructions (at most 4 levels of 255 apart), PSNR against the input 0.017 dB lower; its evaluation "
+               "(PSNR, SSIM) peaked 466 MiB above the process's memory before it, LPIPS adding up to 919 MiB "
+               "(BENCHMARKS.md)")
 
 
 def evaluation_forward(model, images: Tensor) -> AutoencoderOutput:
