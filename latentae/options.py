@@ -14,6 +14,7 @@ DEFAULT_METRICS = ("psnr", "ssim", "lpips", "rfid")  # fd_dinov2 and cmmd run a 
 FID_PROTOCOLS = ("torchmetrics", "torch-fidelity", "pytorch-fid", "clean-fid")  # see evaluation/fid_protocols.py
 DEFAULT_FID_PROTOCOL = "torchmetrics"
 TILING = ("auto", "on", "off")  # tiled encode / decode in evaluation; see models/tiling.py
+DEFAULT_TILING = "auto"  # tiles only where they were measured to leave the numbers as they are (models/tiling.py)
 TILE_ABOVE_PIXELS = 1024 * 1024  # --tiling auto: images of more pixels than this (per image) are tiled
 PROBE_BUDGETS = ("cpu", "gpu", "smoke")  # latentae probe --budget; each is a Budget in probe/model.py
 PROBE_NORMALIZATIONS = ("measured", "config")  # latentae probe --normalize, the first the default; see probe/latents.py

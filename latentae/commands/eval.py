@@ -6,10 +6,11 @@ file. So SD's VAE, FLUX.2's, DC-AE, TAESD and your own can be measured on the sa
 
 Several --model: side by side. The images are read and decoded once and go through every model; each model gets
 its full report in OUTPUT/NAME, and OUTPUT gets compare.md / compare.json (a row per model: PSNR, SSIM, LPIPS,
-rFID, latent shape, compression ratio = pixels x 3 / latent elements, encode and decode ms per image) and
-grid.png (inputs, then each model's reconstructions). With --resolution native the crop is a multiple of every
-model's downsampling factor. A model with a structured latent (DC-AE 1.5, model.structured_channels) counts as one
-model per channel count it serves ("NAME c16", ...; --channels picks some), so its counts share one table.
+rFID, FD-DINOv2 and CMMD when asked for, latent shape, compression ratio = pixels x 3 / latent elements, encode and
+decode ms per image) and grid.png (inputs, then each model's reconstructions). With --resolution native the crop
+is a multiple of every model's downsampling factor. A model with a structured latent (DC-AE 1.5,
+model.structured_channels) counts as one model per channel count it serves ("NAME c16", ...; --channels picks
+some), so its counts share one table.
 
 Protocol: each image's shorter side is resized to --resolution (bicubic, antialiased when shrinking; smaller
 images are upscaled) and the center square is cropped; with --resolution native the whole image is used, center-
@@ -34,8 +35,8 @@ into --output, and prints the Markdown table. Runs on every process under torchr
 import math
 from pathlib import Path
 
-from latentae.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, FID_PROTOCOLS, IMAGE_METRICS, NATIVE,
-                              TILE_ABOVE_PIXELS, TILING, non_negative_int, positive_int, positive_ints,
+from latentae.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, DEFAULT_TILING, FID_PROTOCOLS, IMAGE_METRICS,
+                              NATIVE, TILE_ABOVE_PIXELS, TILING, non_negative_int, positive_int, positive_ints,
                               resolution_or_native)
 
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
@@ -78,10 +79,12 @@ def add_arguments(p):
                    "covariance, count, fingerprint of the extractor, crop and image keys): read when it exists (refused "
                    "if computed from other images or features), else written there (default: written to "
                    "OUTPUT/fid-reference.npz, never read)")
-    p.add_argument("--tiling", choices=TILING, default="off", help="encode / decode in overlapping tiles, blended "
-                   f"linearly: auto tiles images above {TILE_ABOVE_PIXELS // 2**20} Mpx ({TILE_ABOVE_PIXELS} pixels, "
-                   "e.g. 2048 x 2048; Kodak's 768 x 512 stays whole) to bound the model's memory; on; off (default: "
-                   "off: tiles move the numbers, see BENCHMARKS.md)")
+    p.add_argument("--tiling", choices=TILING, default=DEFAULT_TILING, help="encode / decode in overlapping tiles, "
+                   f"blended linearly, to bound the model's memory: auto tiles images above {TILE_ABOVE_PIXELS // 2**20} "
+                   f"Mpx ({TILE_ABOVE_PIXELS} pixels, e.g. 2048 x 2048; Kodak's 768 x 512 stays whole) of the models "
+                   "whose tiles were measured to leave the numbers as they are (the TAESD family); on tiles any model "
+                   "that can be (KL / VQ / diffusers' classes: their seams move the numbers, see BENCHMARKS.md); off "
+                   f"(default: {DEFAULT_TILING})")
     p.add_argument("--channels", type=positive_ints, metavar="N,N,...", help="a model with a structured latent "
                    "(DC-AE 1.5) at these leading-channel counts, each one row of one table (default: every count it "
                    "was trained for, from its latentae.json)")

@@ -1,8 +1,9 @@
 """Side by side: several autoencoders on the same images (`latentae eval --model A --model B ...`).
 
-One table, a row per model: PSNR, SSIM, LPIPS, rFID (as `evaluate` measures them), the latent shape of one
-image, the compression ratio (pixels x 3 / latent elements), and encode / decode milliseconds per image; and
-one grid: the inputs on top, each model's reconstructions in a row below, in the order given.
+One table, a row per model: PSNR, SSIM, LPIPS, rFID, and FD-DINOv2 / CMMD when they were asked for (as `evaluate`
+measures them; a metric asked for but unavailable shows n/a), the latent shape of one image, the compression ratio
+(pixels x 3 / latent elements), and encode / decode milliseconds per image; and one grid: the inputs on top, each
+model's reconstructions in a row below, in the order given.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import torch
 from torch import Tensor
 
 from latentae.evaluation.evaluator import EvalResult
-from latentae.evaluation.report import _fmt, _jsonable, save_png
+from latentae.evaluation.report import _ROWS, _fmt, _jsonable, save_png
 from latentae.runtime import autocast
 
 TIMING_REPEATS = 3  # timed runs after one warm-up; the median is reported
-COLUMNS = ("psnr", "ssim", "lpips", "rfid")
+COLUMNS = ("psnr", "ssim", "lpips", "rfid", "fd_dinov2", "cmmd")  # each shown when some model has it
 
 
 def _synchronize(device: torch.device) -> None:
@@ -66,7 +67,7 @@ def comparison_rows(results: dict[str, EvalResult], speeds: dict[str, dict]) -> 
 
 def comparison_markdown(rows: list[dict[str, Any]], setup: dict[str, Any]) -> str:
     metrics = [k for k in COLUMNS if any(k in r for r in rows)]
-    header = ["model", "family", *[m.upper() if m != "rfid" else "rFID" for m in metrics], "latent (C x h x w)",
+    header = ["model", "family", *[_ROWS[m][0].removesuffix(" (dB)") for m in metrics], "latent (C x h x w)",
               "compression", "encode ms/img", "decode ms/img"]
     lines = [f"## Side by side: {len(rows)} models on {setup.get('data')}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

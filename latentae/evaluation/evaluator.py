@@ -36,7 +36,7 @@ from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fin
 from latentae.models.bottleneck import Bottleneck
 from latentae.models.tiling import (TILE_ABOVE_PIXELS, describe_tiling, evaluation_forward, tiled_forward,
                                     use_tiling)
-from latentae.options import DEFAULT_METRICS
+from latentae.options import DEFAULT_METRICS, DEFAULT_TILING
 from latentae.runtime import AUTOCAST_DTYPES, autocast
 
 
@@ -221,7 +221,8 @@ def evaluate_many(
     data_protocol: str = "",  # how the images were resized / cropped: part of the FID reference's fingerprint
     fid_reference: FIDReference | None = None,  # the real side of rFID from an earlier run (refused when its
     # fingerprint differs); None: computed here, once for all models (each result's fid_reference)
-    tiling: str = "off",  # tiled encode / decode (latentae.models.tiling): auto above TILE_ABOVE_PIXELS, on, off
+    tiling: str = DEFAULT_TILING,  # tiled encode / decode (latentae.models.tiling): auto (above TILE_ABOVE_PIXELS,
+    # the models whose tiles match their untiled result), on, off
 ) -> dict[str, EvalResult]:
     """Every model of `models` on the same images, read and decoded once: each batch goes through every model
     before the next is read, and the real images' FID features are computed once. One EvalResult per model, each

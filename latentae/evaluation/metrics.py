@@ -7,9 +7,16 @@ statistics; `FIDMetric.compute` sums them over ranks itself.
 
 Metrics that need pretrained weights (LPIPS trunk, Inception) are built through latentae.weights: a missing file
 raises MissingWeightsError with one message, which the evaluator reports as the metric's unavailability.
+
+Memory: PSNR and SSIM go through a batch in pieces of at most PIECE_ELEMENTS elements (`pieces`: whole images while
+they fit, else row bands of one image, SSIM's with the window's halo), so a 2048 x 2048 or 4096 x 4096 image costs
+them a band's memory, not a full-image map's; the values equal the whole-image computation's. LPIPS has no exact
+band split (each layer averages over the whole map; AlexNet's windows span 195 px), so it takes whole images, one
+group of at most PIECE_ELEMENTS elements at a time (one image when an image is larger).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -32,10 +39,49 @@ def to_uint8(images: Tensor) -> Tensor:
     return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+PIECE_ELEMENTS = 2**20  # elements (images x channels x rows x columns) per metric call: whole-image PSNR + SSIM
+# peaked at ~230 bytes per element (measured at 2048 and 4096 px), so ~250 MB a piece; a 256 px batch of 4 is one
+
+
+def image_groups(shape: torch.Size, budget: int | None = None) -> list[slice]:
+    """Consecutive groups of whole images of a [B, ...] batch, at most `budget` elements each (one image when one
+    is larger; budget None: PIECE_ELEMENTS)."""
+    step = max(1, (budget or PIECE_ELEMENTS) // shape[1:].numel())
+    return [slice(i, i + step) for i in range(0, shape[0], step)]
+
+
+def pieces(shape: torch.Size, halo: int = 0, budget: int | None = None) -> Iterator[tuple[slice, slice]]:
+    """(images, rows) covering a [B, C, H, W] batch in pieces of at most `budget` elements: `image_groups` while
+    one image fits, else row bands of one image. A window metric's positions are those whose window (`halo` rows
+    either side) lies inside the image; the bands share them out, each band's rows being its positions and their
+    halo. A band has at least one position, whatever the budget (None: PIECE_ELEMENTS)."""
+    b, c, h, w = shape
+    budget = budget or PIECE_ELEMENTS
+    if c * h * w <= budget:
+        for images in image_groups(shape, budget):
+            yield images, slice(0, h)
+        return
+    rows = max(1, budget // (c * w) - 2 * halo)
+    for i in range(b):
+        for r in range(halo, h - halo, rows):
+            end = min(r + rows, h - halo)
+            yield slice(i, i + 1), slice(r - halo, end + halo)
+
+
+def per_image_sums(fn: Callable[[Tensor, Tensor], Tensor], real: Tensor, fake: Tensor, halo: int = 0) -> Tensor:
+    """Per-image sums [B] (float64) over the `pieces` of a batch of `fn(real_piece, fake_piece)`: a piece's sums
+    per image over its positions (its rows less `halo` either side)."""
+    total = torch.zeros(len(real), dtype=torch.float64, device=real.device)
+    for images, rows in pieces(real.shape, halo):
+        total[images] += fn(real[images, :, rows], fake[images, :, rows]).double()
+    return total
+
+
 def psnr_per_image(real: Tensor, fake: Tensor) -> Tensor:
-    """PSNR (dB) per image of uint8 [B, 3, H, W] pairs: MSE over channels and pixels, peak 255, float64."""
-    mse = (real.double() - fake.double()).pow(2).flatten(1).mean(1)
-    psnr = 10 * torch.log10(255.0**2 / mse)
+    """PSNR (dB) per image of uint8 [B, 3, H, W] pairs: MSE over channels and pixels, peak 255, float64. The
+    squared errors are summed exactly in int64, band by band."""
+    sse = per_image_sums(lambda r, f: (r.int() - f.int()).square().flatten(1).sum(1), real, fake)
+    psnr = 10 * torch.log10(255.0**2 / (sse / real.shape[1:].numel()))
     return psnr.clamp(max=PSNR_CAP_DB)  # mse 0 -> inf -> cap
 
 
@@ -43,24 +89,33 @@ PSNR_DESCRIPTION = (f"per-image PSNR (dB) on the 8-bit images (input and reconst
                     f"PNG), MSE over channels and pixels, peak 255, capped at {PSNR_CAP_DB:g} dB; mean over images")
 
 
-def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
-    """SSIM per image of uint8 [B, 3, H, W] pairs, on [0, 1] images with data_range=1, averaged over the valid
-    region: the positions whose window lies inside the image (Wang et al.'s reference code, skimage,
-    pytorch-msssim). torchmetrics computes the same map, but its own mean (in 1.9) also counts the border
-    positions of a reflect-padded image; its full map is cropped here instead. Float32 on the images' device:
-    float64 costs ~20x more on a CPU and on most GPUs (see SSIM_FLOAT32_ERROR). Returns float64 [B]."""
+def _ssim_valid_sums(real: Tensor, fake: Tensor) -> Tensor:
+    """Per-image sums [B] (float64) of torchmetrics' SSIM map over the positions whose window lies inside the
+    given rows and columns (its reflect-padded border cropped)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    if min(real.shape[-2:]) < SSIM_KERNEL:
-        raise LatentaeError(f"SSIM needs images of at least {SSIM_KERNEL} x {SSIM_KERNEL} pixels, got "
-                            f"{tuple(real.shape[-2:])}")
     _, full = structural_similarity_index_measure(
         fake.float() / 255, real.float() / 255, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_KERNEL,
         data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, reduction="none", return_full_image=True)
     if full.shape[-2:] != real.shape[-2:]:
         raise RuntimeError(f"unexpected SSIM map of shape {tuple(full.shape)} for images {tuple(real.shape)}")
     pad = SSIM_KERNEL // 2
-    return full[..., pad:-pad, pad:-pad].flatten(1).mean(1, dtype=torch.float64)
+    return full[..., pad:-pad, pad:-pad].flatten(1).sum(1, dtype=torch.float64)
+
+
+def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
+    """SSIM per image of uint8 [B, 3, H, W] pairs, on [0, 1] images with data_range=1, averaged over the valid
+    region: the positions whose window lies inside the image (Wang et al.'s reference code, skimage,
+    pytorch-msssim). torchmetrics computes the same map, but its own mean (in 1.9) also counts the border
+    positions of a reflect-padded image; its full map is cropped here instead. Large images go in row bands with
+    the window's halo (`pieces`): the same valid positions, the same values. Float32 on the images' device:
+    float64 costs ~20x more on a CPU and on most GPUs (see SSIM_FLOAT32_ERROR). Returns float64 [B]."""
+    if min(real.shape[-2:]) < SSIM_KERNEL:
+        raise LatentaeError(f"SSIM needs images of at least {SSIM_KERNEL} x {SSIM_KERNEL} pixels, got "
+                            f"{tuple(real.shape[-2:])}")
+    pad = SSIM_KERNEL // 2
+    valid = real.shape[1] * (real.shape[2] - 2 * pad) * (real.shape[3] - 2 * pad)
+    return per_image_sums(_ssim_valid_sums, real, fake, halo=pad) / valid
 
 
 SSIM_FLOAT32_ERROR = 5e-5  # |float32 - float64| per image: half a unit of the 4th digit the report prints.
@@ -72,7 +127,9 @@ SSIM_DESCRIPTION = (f"torchmetrics structural_similarity_index_measure (Wang et 
                     "border), per image; mean over images. "
                     f"Computed in float32: within {SSIM_FLOAT32_ERROR:g} of float64 per image (largest difference "
                     "found against blurred and JPEG-20 reconstructions: 2.4e-05 on the 24 Kodak photos at native "
-                    "size, 3.8e-05 on the 200 BSDS500 test photos at 256 px)")
+                    "size, 3.8e-05 on the 200 BSDS500 test photos at 256 px). Images of more than "
+                    f"{PIECE_ELEMENTS} elements (channels x pixels) go in row bands with the window's halo: the same "
+                    "positions and values, in bounded memory")
 
 
 def uint8_to_unit(images: Tensor) -> Tensor:
@@ -90,7 +147,8 @@ class LPIPSMetric(nn.Module):
         self.weight_files = [str(resolve(TRUNK_WEIGHTS[net], trunk_path)), str(resolve(f"lpips-{net}"))]
 
     def forward(self, real: Tensor, fake: Tensor) -> Tensor:
-        return self.perceptual(uint8_to_unit(fake), uint8_to_unit(real)).double()
+        return torch.cat([self.perceptual(uint8_to_unit(fake[g]), uint8_to_unit(real[g]))
+                          for g in image_groups(real.shape)]).double()
 
     def describe(self) -> str:
         from importlib.metadata import version

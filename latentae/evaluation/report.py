@@ -97,6 +97,8 @@ def markdown(result: EvalResult, setup: dict[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in p.get("metrics", {}).items()]
     for k, files in p.get("weight_files", {}).items():
         lines.append(f"- {k} weight files: {', '.join(files)}")
+    if "tiling" in p:
+        lines.append(f"- tiling: {p['tiling']}")
     if "bottleneck" in p:
         lines.append(f"- bottleneck statistics: {' '.join(p['bottleneck'].split())}")
     lines += [f"- note: {n}" for n in p.get("notes", [])]

@@ -11,6 +11,8 @@ half may be absent (a preview decoder ships alone): asking for it then says whic
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -149,6 +151,18 @@ class TAESDAutoencoder(ModelMixin, ConfigMixin):
 
     def forward(self, images: Tensor, target: Tensor | None = None):
         return deterministic_forward(self, images, target)
+
+    def latent_resolution_stages(self) -> tuple[tuple[Callable, Callable], tuple[Callable, Callable]]:
+        """Each half cut where it reaches the latent resolution: ((encode_above, encode_at), (decode_at,
+        decode_above)), encode = encode_at(encode_above(images)) and decode = decode_above(decode_at(latents)).
+        Tiled evaluation (latentae.models.tiling) tiles only the layers above: those at the latent resolution see
+        the whole latent, as untiled, so TAEF2's GroupNorm branch there normalizes over the whole image (per tile,
+        each tile's colours shift); their activations are 1 / f^2 of the pixels'."""
+        encoder, decoder = self._half("encoder"), self._half("decoder")
+        down = max(i for i, m in enumerate(encoder) if isinstance(m, nn.Conv2d) and m.stride != (1, 1)) + 1
+        up = next(i for i, m in enumerate(decoder) if isinstance(m, nn.Upsample))
+        return ((lambda images: encoder[:down](images.add(1).div(2)), encoder[down:]),
+                (decoder[:up], lambda features: decoder[up:](features).mul(2).sub(1)))
 
     def enable_gradient_checkpointing(self) -> None:
         from latentae.config import ConfigError
