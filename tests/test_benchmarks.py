@@ -58,3 +58,30 @@ def test_finetune_benchmark_keeps_the_latent_space(shared_data, tmp_path):
         assert results[name]["steps"] >= 1
         assert results[name]["encoder_bit_identical"] and results[name]["heldout_latents_equal"]
     assert out.stdout.count("(aim +1.5") == 2
+
+
+def test_equivariance_error_is_capped_only_for_an_equivariant_model(monkeypatch, tmp_path, demo_images):
+    """The measure: an exactly equivariant autoencoder of block images scores the PSNR cap under every transform,
+    the same autoencoder with a latent that does not rotate or scale with the image does not; the script runs."""
+    import json
+
+    from test_losses_regularizers import PoolingAutoencoder, _blocky_images
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from benchmarks.equivariance_error import TRANSFORMS, equivariance_psnr
+
+    images = _blocky_images()
+    for _, scale, turns in TRANSFORMS:
+        assert equivariance_psnr(PoolingAutoencoder(), images, scale=scale, quarter_turns=turns).min() == 100.0
+        assert equivariance_psnr(PoolingAutoencoder(skew=1.0), images, scale=scale, quarter_turns=turns).max() < 40
+
+    from latentae.exporting import export
+    from latentae.models.taesd import TAESDAutoencoder
+
+    export(TAESDAutoencoder(latent_channels=4), tmp_path / "model")
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmarks" / "equivariance_error.py"), "--model",
+           str(tmp_path / "model"), "--data", str(demo_images), "--resolution", "32", "--output", str(tmp_path / "e.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    psnr = json.loads((tmp_path / "e.json").read_text())["psnr_db"][str(tmp_path / "model")]
+    assert list(psnr) == [name for name, _, _ in TRANSFORMS] and all(0 < v < 100 for v in psnr.values())
