@@ -76,3 +76,30 @@ def test_rae_benchmark_runs_both_loops_from_the_same_weights(shared_data, tmp_pa
         assert results[name]["steps"] >= 1 and results[name]["encoder_bit_identical"]
         assert set(results[name]["metrics"]) == {"tiny-imagenet shard 9", "bsds500 test", "kodak"}
     assert "images/s latentae / plain" in out.stdout
+
+
+def test_equivariance_error_is_capped_only_for_an_equivariant_model(monkeypatch, tmp_path, demo_images):
+    """The measure: an exactly equivariant autoencoder of block images scores the PSNR cap under every transform,
+    the same autoencoder with a latent that does not rotate or scale with the image does not; the script runs."""
+    import json
+
+    from test_losses_regularizers import PoolingAutoencoder, _blocky_images
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from benchmarks.equivariance_error import TRANSFORMS, equivariance_psnr
+
+    images = _blocky_images()
+    for _, scale, turns in TRANSFORMS:
+        assert equivariance_psnr(PoolingAutoencoder(), images, scale=scale, quarter_turns=turns).min() == 100.0
+        assert equivariance_psnr(PoolingAutoencoder(skew=1.0), images, scale=scale, quarter_turns=turns).max() < 40
+
+    from latentae.exporting import export
+    from latentae.models.taesd import TAESDAutoencoder
+
+    export(TAESDAutoencoder(latent_channels=4), tmp_path / "model")
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmarks" / "equivariance_error.py"), "--model",
+           str(tmp_path / "model"), "--data", str(demo_images), "--resolution", "32", "--output", str(tmp_path / "e.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    psnr = json.loads((tmp_path / "e.json").read_text())["psnr_db"][str(tmp_path / "model")]
+    assert list(psnr) == [name for name, _, _ in TRANSFORMS] and all(0 < v < 100 for v in psnr.values())

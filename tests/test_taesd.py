@@ -216,6 +216,32 @@ def test_decoder_finetune_keeps_the_encoder_and_exports_the_same_format(tmp_path
                if n.startswith("decoder."))
 
 
+def test_eqvae_preset_trains_both_halves_of_a_taesd_model_through_the_term(tmp_path, demo_images):
+    """configs/taef2-eqvae-finetune.yaml on a deterministic TAESD model: the equivariance term is computed on its
+    latent (no posterior) and the fine-tune moves encoder and decoder alike."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from latentae.trainer.config import load_run_config
+    from latentae.trainer.loop import Run
+
+    ref = write_taesd(tmp_path / "pretrained", "taef2", latent_channels=32, variant="flux_2")
+    overrides = [o for o in tiny_run_overrides(tmp_path / "run", demo_images, "train.max_steps=2",
+                                               f"train.init_from={tmp_path / 'pretrained'}", "loss.equivariance.p=1",
+                                               "train.lr=1e-3", "data.resolution=64")
+                 if not o.startswith(("model.", "loss.disc."))]
+    cfg = load_run_config(str(PRESETS / "taef2-eqvae-finetune.yaml"), overrides)
+    assert (cfg.loss.equivariance.weight, cfg.train.trainable) == (2.0, ["all"])
+    Run(cfg).fit()
+    events = EventAccumulator(str(next((tmp_path / "run" / "logs").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert [e.value > 0 for e in events.Scalars("train/loss/equivariance")] == [True, True]
+    tuned = latentae.load(tmp_path / "run" / "export")
+    assert tuned.config["variant"] == "flux_2"
+    for half in ("encoder.", "decoder."):
+        assert any(not torch.equal(tuned.state_dict()[n], v) for n, v in ref.state_dict().items()
+                   if n.startswith(half)), f"the {half[:-1]} did not move"
+
+
 def test_taesd_distills_as_student_and_teaches(tmp_path, demo_images):
     """A TAESD model trains as a student (model.family taesd) of a tiny teacher, and is itself a teacher."""
     from diffusers import AutoencoderTiny
