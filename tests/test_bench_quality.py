@@ -94,14 +94,16 @@ def test_diffusability_verdicts_follow_fixed_criteria():
                  "kl-1e-6": entry(10.0),
                  "kl-eq": entry(9.0),  # diffuses better, PSNR kept
                  "kl-scale-eq": entry(9.0),  # diffuses better, PSNR lost
-                 "kl-latent-noise": entry(8.0, ["latents barely vary"])}}  # lower, but warned about; PSNR lost
-    psnr = {"kl-1e-6": 20.0, "kl-eq": 19.8, "kl-scale-eq": 19.7, "kl-latent-noise": 19.0}
+                 "kl-latent-noise": entry(8.0, ["latents barely vary"]),  # lower, but warned about; PSNR lost
+                 "kl-1e-2": entry(7.0)}}  # the rate control: reported, never judged
+    psnr = {"kl-1e-6": 20.0, "kl-eq": 19.8, "kl-scale-eq": 19.7, "kl-latent-noise": 19.0, "kl-1e-2": 20.1}
     results = {n: {"what": n, "final": {"psnr": v, "ssim": 0.5}} for n, v in psnr.items()}
     rows = {row.split(" |")[0].lstrip("| "): row.rsplit("|", 2)[1].strip()
             for row in claims.diffusability_section(results, probe) if row.startswith("| kl-")}
     assert rows == {"kl-1e-6": "-", "kl-eq": "**reproduced**",
                     "kl-scale-eq": "**partly** (fails: PSNR within 0.25 dB)",
-                    "kl-latent-noise": "**partly** (fails: no probe warning; PSNR within 0.25 dB)"}
+                    "kl-latent-noise": "**partly** (fails: no probe warning; PSNR within 0.25 dB)",
+                    "kl-1e-2": "not judged"}
 
 
 @pytest.mark.slow
@@ -141,3 +143,4 @@ def test_every_claim_names_a_measure_and_its_configurations():
         assert claim.measure in claims.MEASURES, claim.key
         assert set(claim.configurations) <= set(study.BY_NAME), claim.key
     assert set(study.DIFFUSABILITY.claims) <= set(study.PROBED[1:])
+    assert set(study.DIFFUSABILITY.controls) <= set(study.PROBED[1:]) - set(study.DIFFUSABILITY.claims)

@@ -146,19 +146,23 @@ def diffusability_section(results: dict, probe: dict | None) -> list[str]:
              f"t = 0.5, reported only (a latent that carries nothing can have the lowest). Verdict: diffuses better "
              f"({metric} below {base}'s, no probe warning) and reconstruction kept (held-out PSNR at most "
              f"{kept} dB below).", "",
-             f"| configuration | what | held-out PSNR (dB) | SSIM | {metric} | vs {base}: PSNR, {metric} | probe "
-             "loss t=0.5 | probe warnings | paper's claim | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| configuration | what | held-out PSNR (dB) | SSIM | KL (nats/element) | {metric} | vs {base}: PSNR, "
+             f"{metric} | probe loss t=0.5 | probe warnings | paper's claim | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     b, b_fd = results[base]["final"], models[base]["sample_metric"][metric]
     for name, e in models.items():
         p, fd = results[name]["final"], e["sample_metric"][metric]
+        delta = "-" if name == base else f"{p['psnr'] - b['psnr']:+.2f} dB, {(fd - b_fd) / b_fd:+.1%}"
         if name == base:
-            delta, claim, result = "-", "baseline: no regularizer", "-"
+            claim, result = "baseline: no regularizer", "-"
+        elif name in DIFFUSABILITY.controls:
+            claim, result = "control: a lower rate without a regularizer", "not judged"
         else:
-            delta = f"{p['psnr'] - b['psnr']:+.2f} dB, {(fd - b_fd) / b_fd:+.1%}"
             claim = DIFFUSABILITY.claims.get(name, "-")
             result = verdict([(f"lower {metric}", fd < b_fd), ("no probe warning", not e["warnings"]),
                               (f"PSNR within {kept} dB", p["psnr"] >= b["psnr"] - kept)])
-        lines.append(f"| {name} | {results[name]['what']} | {p['psnr']:.2f} | {p['ssim']:.4f} | {fd:.4g} | {delta} | "
+        rate = f"{p['kl']:.3g}" if "kl" in p else "-"
+        lines.append(f"| {name} | {results[name]['what']} | {p['psnr']:.2f} | {p['ssim']:.4f} | {rate} | {fd:.4g} | {delta} | "
                      f"{e['val_loss']['0.5']:.4f} | {'; '.join(e['warnings']) or '-'} | {claim} | {result} |")
     lines += ["", "Probe details (sample metrics, reconstruction PSNR and rate on its images, loss at every level, "
               "curves): `probe/report.md`; samples decoded by each model: `probe/samples.png`."]

@@ -63,6 +63,7 @@ class Diffusability:
     normalize: str  # the probe's latent normalization
     thresholds: dict
     claims: dict  # configuration -> its paper's claim
+    controls: tuple = ()  # configurations probed beside the group, not judged
 
 
 def _load(path: Path = STUDY) -> dict:
@@ -72,14 +73,16 @@ def _load(path: Path = STUDY) -> dict:
     confs = tuple(Configuration(**{**c, "overrides": tuple(c.get("overrides", ()))}) for c in data["configurations"])
     claims = tuple(Claim(**{**c, "configurations": tuple(c["configurations"])}) for c in data["claims"])
     unknown = {c.group for c in confs} - set(data["groups"]) | {c.family for c in confs} - set(data["families"])
-    named = {n for c in claims for n in (*c.configurations, c.quoted) if n} | {data["diffusability"]["baseline"]}
+    named = ({n for c in claims for n in (*c.configurations, c.quoted) if n} | {data["diffusability"]["baseline"]}
+             | set(data["diffusability"].get("controls", ())))
     unknown |= named - {c.name for c in confs}
     if unknown:
         raise SystemExit(f"{path}: unknown group(s) or configuration(s): {', '.join(sorted(unknown))}")
     return dict(settings=data["settings"], heldout=tuple(data["heldout"].items()), budgets=budgets,
                 families=data["families"],
                 groups=data["groups"], configurations=confs, claims=claims,
-                diffusability=Diffusability(**data["diffusability"]))
+                diffusability=Diffusability(**{**data["diffusability"],
+                                               "controls": tuple(data["diffusability"].get("controls", ()))}))
 
 
 _STUDY = _load()
@@ -92,7 +95,8 @@ CONFIGURATIONS: tuple[Configuration, ...] = _STUDY["configurations"]
 CLAIMS: tuple[Claim, ...] = _STUDY["claims"]
 DIFFUSABILITY: Diffusability = _STUDY["diffusability"]
 BY_NAME = {c.name: c for c in CONFIGURATIONS}
-PROBED = (DIFFUSABILITY.baseline, *(c.name for c in CONFIGURATIONS if c.group == DIFFUSABILITY.group))  # baseline first
+PROBED = (DIFFUSABILITY.baseline, *(c.name for c in CONFIGURATIONS if c.group == DIFFUSABILITY.group),
+          *DIFFUSABILITY.controls)  # baseline first
 
 
 def scaled(budget: Budget, scale: float) -> Budget:
