@@ -218,8 +218,11 @@ class EvalLoader(_Reader):
 
     def chunks(self, images_per_chunk: int) -> list[tuple[int, "EvalLoader"]]:
         """This rank's units of resumable work (plan_chunks; chunk j goes to rank j % world_size), each a loader of
-        its sources sharing this one's `skipped`: (chunk index, loader), in order."""
-        plan = plan_chunks(self.sources, images_per_chunk, self.keep)
+        its sources sharing this one's `skipped`: (chunk index, loader), in order. Runs of image files are shortened
+        to give every rank some when there are fewer than images_per_chunk x world_size."""
+        files = sum(1 for i, s in enumerate(self.sources) if s.is_image and (self.keep is None or i in self.keep))
+        per_chunk = max(1, min(images_per_chunk, math.ceil(files / self.world_size)))
+        plan = plan_chunks(self.sources, per_chunk, self.keep)
         out = []
         for j, indices in enumerate(plan):
             if j % self.world_size == self.rank:

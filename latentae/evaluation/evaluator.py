@@ -339,6 +339,8 @@ def evaluate_many(
                 for batch in part:
                     bar.update(consume(batch))
                 done.append(j)
+                if not keys:  # nothing evaluated yet: no file (a run that finds no images leaves no folder behind)
+                    continue
                 after = _skip_counts(batches)
                 checkpoint.save({"done": done, "keys": keys, "positions": positions, "classes": classes,
                                  "skipped": {r: after.get(r, 0) - skips_before.get(r, 0) for r in after},

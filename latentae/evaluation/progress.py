@@ -15,7 +15,8 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """`update(n)` after each batch; a line when EVERY_S seconds have passed since the last one, and one at `close()`.
+    """`update(n)` after each batch; a line when EVERY_S seconds have passed since the last one, and one at `close()`
+    when images were read.
     `total`: the images of this process's share (None when unknown: no percentage or ETA); `done`: those an earlier
     run evaluated (resumed), counted in the total but not in the rate."""
 
@@ -54,4 +55,5 @@ class Progress:
             self._print(self.line())
 
     def close(self) -> None:
-        self._print(f"{self.line()}, {_duration(self.clock() - self.start)} in all")
+        if self.new:  # nothing read: the caller's error says why
+            self._print(f"{self.line()}, {_duration(self.clock() - self.start)} in all")
