@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_eval_metrics import TINY, TinyFeatures
 from webdataset import TarWriter
 
 from latentae.cli import main
@@ -19,7 +20,6 @@ from latentae.evaluation.progress import Progress
 from latentae.evaluation.resume import Checkpoint
 from latentae.exporting import export
 from latentae.models import KLAutoencoder
-from test_eval_metrics import TINY, TinyFeatures
 
 CLASSES = {"n01": 3, "n02": 3, "n03": 2}  # images per class; ImageNet-like names
 

@@ -196,7 +196,8 @@ def run(args):
                             fid_feature=args.fid_protocol, cmmd_model=args.cmmd_model, resume=resume)
     if accelerator.is_main_process:
         base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,
-                "crop": f"{crop}; {COMPARED}", "max_images": args.max_images}
+                "crop": f"{crop}; {COMPARED}", "max_images": args.max_images, "labels": args.labels,
+                "per_class": args.per_class}
         if "lpips" in metrics:
             base["lpips_net"] = args.lpips_net
         written = []

@@ -18,9 +18,9 @@ deterministic, no seed; a class with fewer than N images is an error naming it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from latentae.data.folder import sample_key
 from latentae.data.skips import SkipCounter
