@@ -5,11 +5,13 @@ shard) on N Tiny ImageNet images center-cropped to 32 px (its 10 shards of 1000,
 rFID with an Inception-sized stand-in (a fixed random projection of 8 x 8-pooled images to 2048 features: the
 covariance sums the real network would keep), report files and per-image CSV written; the process's peak RSS
 (resource.getrusage) after each shard, so one run gives the curve from 1k to N.
-speed: images/s at 256 px on BSDS500 test photos for the tiny preset and an SD-size KL model (random init), the
-resumable path against the same evaluation without resume files, interleaved in one process.
+speed: images/s at 256 px on BSDS500 test photos for the tiny preset and an SD-size KL model (random init, latentae eval's
+precision auto: bf16 here),
+PSNR + SSIM + stand-in rFID, 4 images per batch, decoding in the process: the resumable path (a resume file after
+the chunk) against the same evaluation without one, interleaved in one process.
 
     python scripts/benchmark.py eval_scale memory [--count 20000] [--resolution 32] [--threads 1]
-    python scripts/benchmark.py eval_scale speed [--images 48] [--sd-images 8] [--threads 1]
+    python scripts/benchmark.py eval_scale speed [--images 24] [--sd-images 4] [--threads 1]
 """
 from __future__ import annotations
 
@@ -55,14 +57,17 @@ def _evaluate(model, source: str, resolution: int, output: Path, resume: bool, t
 
     from latentae.data import DataConfig, eval_loader
     from latentae.evaluation import evaluate_many, write_report
+    from latentae.runtime import resolve
 
     torch.set_num_threads(threads)
+    precision = resolve(device=torch.device("cpu"), precision="auto").precision  # latentae eval's default
     loader = eval_loader(DataConfig(resolution=resolution, num_workers=0), batch_size=4, source=source)
     t = time.perf_counter()
     result = evaluate_many({"model": model}, loader, metrics=("psnr", "ssim", "rfid"), fid_feature=stand_in(),
-                           resume=output / "resume" if resume else None, progress=True, examples=8)["model"]
+                           resume=output / "resume" if resume else None, progress=True, examples=8,
+                           precision=precision)["model"]
     write_report(result, output, {"data": source})
-    return result, time.perf_counter() - t
+    return result, time.perf_counter() - t, precision
 
 
 def memory_child(count: int, resolution: int, threads: int) -> None:
@@ -74,20 +79,22 @@ def memory_child(count: int, resolution: int, threads: int) -> None:
     shards = [str(SHARDS / f"tiny-{i % 10:05d}.tar") for i in range(count // 1000)]
     torch.manual_seed(0)
     model = KLAutoencoder(**TINY).eval()
-    curve = []  # (images evaluated, peak RSS MiB so far) after each chunk's resume file
+    curve = []  # (images evaluated, RSS MiB now, peak RSS MiB so far) after each chunk's resume file
     save = resume.Checkpoint.save
 
     def save_and_measure(self, state):
         save(self, state)
-        curve.append((len(state["keys"]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        curve.append((len(state["keys"]), int(status["VmRSS"].split()[0]) // 1024,
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))
 
     resume.Checkpoint.save = save_and_measure
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as out:
-        result, seconds = _evaluate(model, ",".join(shards), resolution, Path(out), True, threads)
+        result, seconds, precision = _evaluate(model, ",".join(shards), resolution, Path(out), True, threads)
         resume_mib = max((p.stat().st_size for p in (Path(out) / "resume").glob("*.pt")), default=0) / 2**20
-    print(json.dumps({"images": result.n_images, "resolution": resolution, "rss_before_eval_mib": before,
-                      "peak_rss_mib_after_images": {n: rss for n, rss in curve if n in (1000, 2000, 5000, 10000, 20000)},
+    print(json.dumps({"images": result.n_images, "resolution": resolution, "precision": precision, "rss_before_eval_mib": before,
+                      "after_each_chunk_images_rss_peak_mib": curve,
                       "peak_rss_mib_with_report": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "seconds": seconds, "images_per_s": result.n_images / seconds, "resume_file_mib": resume_mib,
                       "psnr": result.metrics["psnr"], "rfid_stand_in": result.metrics["rfid"]}))
@@ -99,7 +106,9 @@ def speed(images: int, sd_images: int, threads: int) -> None:
     from latentae.models import KLAutoencoder
 
     photos = sorted((DATA_ROOT / "bsds500" / "test").glob("*.jpg"))
-    for name, config, n in (("tiny preset", TINY, images), ("SD-size KL", SD, sd_images)):
+    # the SD-size model once each way: a 256 px image takes it seconds, so the rate needs no repeat
+    for name, config, n, rounds in (("tiny preset", TINY, images, (False, True, True, False)),
+                                    ("SD-size KL", SD, sd_images, (False, True))):
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data"
             data.mkdir()
@@ -108,12 +117,12 @@ def speed(images: int, sd_images: int, threads: int) -> None:
             torch.manual_seed(0)
             model = KLAutoencoder(**config).eval()
             times = {True: [], False: []}
-            for resume in (False, True, True, False):  # interleaved: load drifts on a shared machine
+            for resume in rounds:  # interleaved: load drifts on a shared machine
                 out = Path(tmp) / f"out-{resume}-{len(times[resume])}"
-                result, seconds = _evaluate(model, str(data), 256, out, resume, threads)
+                result, seconds, precision = _evaluate(model, str(data), 256, out, resume, threads)
                 times[resume].append(seconds)
             best = {k: min(v) for k, v in times.items()}
-            print(json.dumps({"model": name, "images": result.n_images, "plain_s": times[False],
+            print(json.dumps({"model": name, "precision": precision, "images": result.n_images, "plain_s": times[False],
                               "resumable_s": times[True], "images_per_s": result.n_images / best[True],
                               "resumable_over_plain_time": best[True] / best[False]}), flush=True)
 
@@ -122,8 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mode", choices=("memory", "speed"))
     p.add_argument("--count", type=int, default=20000, help="images, a multiple of 1000")
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--images", type=int, default=48)
-    p.add_argument("--sd-images", type=int, default=8)
+    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--sd-images", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
 
 
