@@ -24,9 +24,9 @@ from pathlib import Path
 
 from .paths import DATA_ROOT
 
-TINY = dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16,
-            mid_block_add_attention=False)  # configs/tiny-kl.yaml's model
-SD = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)  # SD's VAE size
+TINY = {"block_out_channels": (32, 64, 64), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 16,
+        "mid_block_add_attention": False}  # configs/tiny-kl.yaml's model
+SD = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "latent_channels": 4}  # SD's VAE size
 SHARDS = DATA_ROOT / "tiny-imagenet-64"
 
 
