@@ -316,6 +316,8 @@ def evaluate_many(
             identity = {"models": "; ".join(f"{name}: {run.identity()}" for name, run in runs.items()),
                         "metrics": ",".join(metrics), "precision": precision, "data": batches.fingerprint(),
                         "crop": data_protocol, "chunk_images": str(chunk_images), "examples": str(examples),
+                        # which images share a batch (worker w batches its own slice): kernels round per batch
+                        "batching": f"{batches.batch_size} per batch, {batches.num_workers} decoding workers",
                         "meters": "; ".join(f"{name}/{m}: {run.meters[m].describe()}" for name, run in runs.items()
                                             for m in run.meters),
                         "fid_extractor": fingerprint.get("extractor", ""), "active_threshold": repr(active_threshold),

@@ -5,8 +5,8 @@ and reports what an uninterrupted run reports (the same chunks, batched the same
 One file per process, `rank{R}-of-{W}.pt`, replaced atomically after each chunk. Its size does not grow with the
 image count beyond the per-image values: the accumulators are sums (FID / FD statistics, bottleneck counts), never
 features or images. It holds a fingerprint of everything that decides the numbers (models' weights and classes,
-metrics, feature extractors, precision, crop, data files, chunking, process count): a file written under another
-one is refused with the fields that differ.
+metrics, feature extractors, precision, crop, data files, chunking, batching, process count): a file written under
+another one is refused with the fields that differ.
 
 Accumulators name the attributes that hold their state in `STATE` (dotted paths), read by `snapshot` and set back
 by `restore`.
