@@ -171,7 +171,8 @@ def write_report(result: EvalResult, output: str | Path, setup: dict[str, Any]) 
         writer = csv.writer(f)
         writer.writerow(["key", *(["class"] if classes else []), *names])
         for i, key in enumerate(result.image_keys):
-            writer.writerow([key, *([classes[i]] if classes else []), *(f"{result.per_image[n][i]:.6f}" for n in names)])
+            label = [classes[i]] if classes else []
+            writer.writerow([key, *label, *(f"{result.per_image[n][i]:.6f}" for n in names)])
     if result.examples:
         written["grid"] = out / "grid.png"
         save_png(comparison_grid(result.examples["input"], result.examples["reconstruction"]), written["grid"])

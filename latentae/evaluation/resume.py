@@ -69,10 +69,12 @@ class Checkpoint:
     def load(self, device: torch.device) -> dict | None:
         """The state an earlier run of the same evaluation saved, or None. A file of another evaluation (other models,
         metrics, protocol, data or process count) raises LatentaeError naming what differs."""
-        others = sorted(p.name for p in self.folder.glob("rank*-of-*.pt") if not p.name.endswith(f"-of-{self.ranks}.pt"))
+        mine = f"-of-{self.ranks}.pt"
+        others = sorted(p.name for p in self.folder.glob("rank*-of-*.pt") if not p.name.endswith(mine))
         if others:
-            raise LatentaeError(f"{self.folder} holds a partial evaluation by another number of processes ({others[0]}); "
-                                f"resume it with that many processes, or delete {self.folder} to start over")
+            raise LatentaeError(f"{self.folder} holds a partial evaluation by another number of processes "
+                                f"({others[0]}); resume it with that many processes, or delete {self.folder} to start "
+                                "over")
         if not self.path.exists():
             return None
         try:

@@ -1,16 +1,15 @@
 """Evaluation at 50k-image scale: peak memory against the image count, and images/s at 256 px.
 
 memory: the tiny preset's model (configs/tiny-kl.yaml, random init) evaluated resumably (a resume file after every
-shard) on N Tiny ImageNet images center-cropped to 32 px (its 10 shards of 1000, repeated above 10k), PSNR + SSIM +
-rFID with an Inception-sized stand-in (a fixed random projection of 8 x 8-pooled images to 2048 features: the
-covariance sums the real network would keep), report files and per-image CSV written; the process's peak RSS
-(resource.getrusage) after each shard, so one run gives the curve from 1k to N.
-speed: images/s at 256 px on BSDS500 test photos for the tiny preset and an SD-size KL model (random init, latentae eval's
-precision auto: bf16 here),
-PSNR + SSIM + stand-in rFID, 4 images per batch, decoding in the process: the resumable path (a resume file after
-the chunk) against the same evaluation without one, interleaved in one process.
+shard) on N Tiny ImageNet images center-cropped to --resolution px (its 10 shards of 1000, repeated above 10k),
+PSNR + SSIM + rFID with an Inception-sized stand-in (a fixed random projection of 8 x 8-pooled images to 2048
+features: the covariance sums the real network would keep), report files and per-image CSV written; the process's
+RSS now and at its peak after each shard, so one run gives the curve from 1k to N.
+speed: images/s at 256 px on BSDS500 test photos for the tiny preset and an SD-size KL model (random init, latentae
+eval's precision auto: bf16 here), PSNR + SSIM + stand-in rFID, 4 images per batch, decoding in the process: the
+resumable path (a resume file after the chunk) against the same evaluation without one, interleaved in one process.
 
-    python scripts/benchmark.py eval_scale memory [--count 20000] [--resolution 32] [--threads 1]
+    python scripts/benchmark.py eval_scale memory [--count 20000] [--resolution 16] [--threads 1]
     python scripts/benchmark.py eval_scale speed [--images 24] [--sd-images 4] [--threads 1]
 """
 from __future__ import annotations
@@ -93,7 +92,8 @@ def memory_child(count: int, resolution: int, threads: int) -> None:
     with tempfile.TemporaryDirectory() as out:
         result, seconds, precision = _evaluate(model, ",".join(shards), resolution, Path(out), True, threads)
         resume_mib = max((p.stat().st_size for p in (Path(out) / "resume").glob("*.pt")), default=0) / 2**20
-    print(json.dumps({"images": result.n_images, "resolution": resolution, "precision": precision, "rss_before_eval_mib": before,
+    print(json.dumps({"images": result.n_images, "resolution": resolution, "precision": precision,
+                      "rss_before_eval_mib": before,
                       "after_each_chunk_images_rss_peak_mib": curve,
                       "peak_rss_mib_with_report": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "seconds": seconds, "images_per_s": result.n_images / seconds, "resume_file_mib": resume_mib,
@@ -130,7 +130,7 @@ def speed(images: int, sd_images: int, threads: int) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mode", choices=("memory", "speed"))
     p.add_argument("--count", type=int, default=20000, help="images, a multiple of 1000")
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=16)
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--sd-images", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
