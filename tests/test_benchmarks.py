@@ -12,6 +12,9 @@ def test_every_benchmark_is_a_subcommand(monkeypatch):
     import benchmark
 
     names = ["batch", "data", "encode", "eval", "finetune", "quality", "rae", "tiling", "train"]
+
+
+    names = ["batch", "data", "encode", "eval", "eval_scale", "finetune", "quality", "tiling", "train"]
     assert list(benchmark.subcommands()) == names
 
 

@@ -171,6 +171,8 @@ def test_two_processes_equal_one(tmp_path, capsys):
                    str(REPO / "eval" / "evaluate.py"), *args[1:]]
             run = subprocess.run(cmd, capture_output=True, text=True, env=_script_env(tmp_path), timeout=300)
             assert run.returncode == 0, run.stderr[-3000:]
+            for share in ("process 1/2]: 3/3 images (100%)", "process 2/2]: 2/2 images (100%)"):  # each its own
+                assert share in run.stderr, run.stderr[-3000:]
         reports[n] = json.loads((out / "report.json").read_text())
         reports[n]["keys"] = [line.split(",")[0] for line in (out / "per_image.csv").read_text().splitlines()[1:]]
     one, two = reports[1], reports[2]

@@ -25,6 +25,12 @@ processes. Tokenizers add codebook usage, perplexity, entropy and bits per pixel
 channel and the number of active channels. Metrics whose weight files are missing are reported as
 unavailable, with the reason; the others still run (`latentae fetch-weights` gets the files).
 
+Large sets (ImageNet-val's 50k images): --labels reads each image's class (class folders, the shards' cls member or a
+`filename label` file) into per_image.csv, and --per-class N takes a class-balanced subset. Each process writes
+what it has evaluated to OUTPUT/resume after every chunk (a tar, or 1000 image files), so rerunning a killed command
+continues where it stopped and reports what an uninterrupted run would (not with --max-images); every process
+prints images/s and its ETA every 30 s. Memory stays flat: FID statistics are running sums.
+
 Writes report.json, report.md, per_image.csv, grid.png (input / reconstruction / difference) and psnr_hist.png
 into --output, and prints the Markdown table. Runs on every process under torchrun / accelerate launch:
 
@@ -33,6 +39,7 @@ into --output, and prints the Markdown table. Runs on every process under torchr
   torchrun --nproc_per_node 8 eval/evaluate.py --model stabilityai-sd-vae --data val-{0000..0049}.tar
 """
 import math
+import shutil
 from pathlib import Path
 
 from latentae.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, DEFAULT_TILING, FID_PROTOCOLS, IMAGE_METRICS,
@@ -42,6 +49,7 @@ from latentae.options import (DEFAULT_FID_PROTOCOL, DEFAULT_METRICS, DEFAULT_TIL
 HELP = "reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook / KL statistics) of a model on images"
 
 COMPARED = "the reconstruction is compared with that same crop, both rounded to 8 bits"
+RESUME = "resume"  # OUTPUT/resume: what each process has evaluated so far (latentae/evaluation/resume.py)
 
 
 def add_arguments(p):
@@ -57,7 +65,13 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per batch and "
                    f"process (default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the data's order, "
-                   "whatever the number of processes (default: all)")
+                   "whatever the number of processes (default: all; such a run is not resumable)")
+    p.add_argument("--labels", metavar="folders|cls|FILE", help="the images' classes, kept per image in "
+                   "per_image.csv: folders (class folders, val/n01440764/*.JPEG), cls (the shards' cls member) or a "
+                   "file of `filename label` lines (ImageNet's val.txt form; matched by file name without extension)")
+    p.add_argument("--per-class", type=positive_int, metavar="N", help="only the first N images of each class in the "
+                   "data's order (folders sorted, shards in stored order; needs --labels; a class with fewer is an "
+                   "error)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                    help=f"comma-separated subset of {','.join(IMAGE_METRICS)} (default: {','.join(DEFAULT_METRICS)}; "
                         "fd_dinov2 and cmmd run a ViT-L on every image, real and reconstructed: ask for them)")
@@ -162,21 +176,29 @@ def run(args):
 
     def loader(rank=accelerator.process_index, world_size=accelerator.num_processes):
         return eval_loader(cfg, batch_size=args.batch_size, rank=rank, world_size=world_size, source=args.data,
-                           native_multiple=factor if native else None)
+                           native_multiple=factor if native else None, labels=args.labels, per_class=args.per_class)
 
     precision = resolve(device=accelerator.device, precision=args.precision).precision
     crop = crop_description(args.resolution, factor)
     stats = Path(args.reference_stats) if args.reference_stats else None
     reference = load_reference(stats) if stats is not None and stats.exists() else None
-    results = evaluate_many(models, loader(), metrics=metrics, lpips_net=args.lpips_net, precision=precision,
+    one = len(args.model) == 1
+    output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if one else "eval-compare"))
+    batches = loader()
+    if batches.class_counts is not None and accelerator.is_main_process:
+        counts = batches.class_counts
+        subset = f" (--per-class {args.per_class}: the first of each class in the data's order)" if args.per_class \
+            else f", {min(counts.values())} to {max(counts.values())} per class"
+        print(f"labels {args.labels}: {len(counts)} classes, {sum(counts.values())} images{subset}", flush=True)
+    resume = output / RESUME if args.max_images is None else None
+    results = evaluate_many(models, batches, metrics=metrics, lpips_net=args.lpips_net, precision=precision,
                             max_images=args.max_images, examples=args.grids, progress=True, data_name=args.data,
                             data_protocol=crop, fid_reference=reference, tiling=args.tiling,
-                            fid_feature=args.fid_protocol, cmmd_model=args.cmmd_model)
+                            fid_feature=args.fid_protocol, cmmd_model=args.cmmd_model, resume=resume)
     if accelerator.is_main_process:
-        one = len(args.model) == 1
-        output = Path(args.output or (f"eval-{Path(paths[0]).resolve().name}" if one else "eval-compare"))
         base = {"data": str(args.data), "resolution": NATIVE if native else args.resolution,
-                "crop": f"{crop}; {COMPARED}", "max_images": args.max_images}
+                "crop": f"{crop}; {COMPARED}", "max_images": args.max_images, "labels": args.labels,
+                "per_class": args.per_class}
         if "lpips" in metrics:
             base["lpips_net"] = args.lpips_net
         written = []
@@ -192,6 +214,8 @@ def run(args):
         if computed is not None and reference is None:  # the same for every model: the real side ran once
             written.append(save_reference(computed, stats or output / "fid-reference.npz"))
         print(f"wrote {', '.join(str(p) for p in written)}")
+        if resume is not None:  # the reports are written: nothing left to resume
+            shutil.rmtree(resume, ignore_errors=True)
     leave()
     return 0
 

@@ -28,6 +28,8 @@ class CodebookStats:
     entropy_bits_per_pixel: the same with each stage's histogram entropy instead of log2(K);
     .../stage{s}: usage, perplexity and entropy of stage s, when there are several stages."""
 
+    STATE = ("counts", "sizes")  # what latentae.evaluation.resume saves
+
     def __init__(self, codebook_size: int, num_stages: int, device: torch.device,
                  tokens_per_position: tuple[float, ...] | None = None):  # per stage (two-level: top 1/4, bottom 1)
         self.codebook_size = codebook_size
@@ -80,6 +82,8 @@ class KLStats:
     active_channels: channels whose KL exceeds the threshold (default 0.01 nats, loss.kl.active_threshold's):
     a collapsed channel carries no information and has KL ~ 0."""
 
+    STATE = ("sums",)
+
     def __init__(self, latent_channels: int, device: torch.device, threshold: float = ACTIVE_THRESHOLD):
         self.threshold = threshold
         self.sums = torch.zeros(latent_channels + 1, dtype=torch.float64, device=device)  # per channel, images
@@ -114,6 +118,8 @@ def _mean(values) -> float:
 class LatentShape:
     """Deterministic autoencoders (DC-AE, tiny, TAESD): no posterior, no codebook; latent_shape: [C, h, w] of the
     first image's latent."""
+
+    STATE = ("shape",)
 
     def __init__(self):
         self.shape: list[int] | None = None

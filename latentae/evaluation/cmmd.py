@@ -95,6 +95,8 @@ class CMMDMetric(nn.Module):
 
     min_images = 1  # the V-statistic is defined from one image per side
 
+    STATE = ("real", "fake")  # the embeddings so far (latentae.evaluation.resume)
+
     def __init__(self, source: str | None = None):
         super().__init__()
         self.features = CLIPFeatures(source)

@@ -31,8 +31,10 @@ from latentae.evaluation.fd_dinov2 import DINOv2Features
 from latentae.evaluation.gather import any_rank, gather_cat, gather_objects
 from latentae.evaluation.metrics import (IMAGE_METRICS, PSNR_DESCRIPTION, SSIM_DESCRIPTION, FIDMetric, LPIPSMetric,
                                          psnr_per_image, ssim_per_image, to_uint8)
+from latentae.evaluation.progress import Progress
 from latentae.evaluation.reference import (FIDReference, RealFeatures, check_fingerprint, extractor_identity,
                                            keys_fingerprint)
+from latentae.evaluation.resume import Checkpoint, module_sha256, restore, snapshot
 from latentae.models.bottleneck import Bottleneck
 from latentae.models.tiling import (TILE_ABOVE_PIXELS, describe_tiling, evaluation_forward, tiled_forward,
                                     use_tiling)
@@ -50,6 +52,7 @@ class EvalResult:
     metrics: dict[str, Any]  # psnr, ssim, lpips, rfid (those requested and available); bottleneck statistics
     unavailable: dict[str, str] = field(default_factory=dict)  # requested metric -> why it was not computed
     image_keys: list[str] = field(default_factory=list)  # sample keys, in the order of the per-image values
+    image_classes: list[str] = field(default_factory=list)  # their classes, when the data has labels (else empty)
     per_image: dict[str, list[float]] = field(default_factory=dict)  # psnr / ssim / lpips per image
     protocol: dict[str, Any] = field(default_factory=dict)  # how each metric was computed, weight files used
     examples: dict[str, Tensor] = field(default_factory=dict)  # "input" / "reconstruction": uint8 [N, 3, H, W]
@@ -66,7 +69,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: everything but the per-image values and the example images."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("image_keys", "per_image", "examples", "fid_reference")}
+                if f.name not in ("image_keys", "image_classes", "per_image", "examples", "fid_reference")}
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:
@@ -76,6 +79,9 @@ def check_metrics(metrics: Sequence[str]) -> list[str]:
         raise LatentaeError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(IMAGE_METRICS)}")
     return list(dict.fromkeys(metrics))
 
+
+COMPACT_EVERY = 256  # per-image values are joined into one tensor every this many batches
+CHUNK_IMAGES = 1000  # image files per resumable chunk: a minute or more of work even for the tiny models on a GPU
 
 # Distances between two sets of a frozen network's features, both sides measured per model (no cached reference):
 # metric -> its name in messages. Their meters take update(real, fake), then a collective compute().
@@ -171,13 +177,31 @@ class _ModelRun:
         self.values: dict[str, list[Tensor]] = {k: [] for k in self.per_image_fns}
         self.kept: dict[str, list[Tensor]] = {"input": [], "reconstruction": []}
 
+    def snapshot(self) -> dict:
+        """What it has accumulated (latentae.evaluation.resume)."""
+        return {"values": self.values, "kept": self.kept, "tiled": self.tiled, "stats": snapshot(self.stats),
+                "meters": {name: snapshot(meter) for name, meter in self.meters.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.values, self.kept, self.tiled = state["values"], state["kept"], state["tiled"]
+        restore(self.stats, state["stats"])
+        for name, meter in self.meters.items():
+            restore(meter, state["meters"][name])
+
+    def identity(self) -> str:
+        """The model's class, weights and settings, for a resume file's fingerprint."""
+        return f"{type(self.model).__name__} sha256 {module_sha256(self.model)}, tiling {self.tiling}"
+
     def add(self, x: Tensor, real: Tensor, precision: str, examples: int) -> None:
         tiled = use_tiling(self.model, x, self.tiling)
         self.tiled += len(x) if tiled else 0
         out = _reconstruct(self.model, x, precision, tiled)
         fake = to_uint8(out.reconstruction)
         for name, fn in self.per_image_fns.items():
-            self.values[name].append(fn(real, fake).double())
+            values = self.values[name]
+            values.append(fn(real, fake).double())
+            if len(values) >= COMPACT_EVERY:  # one tensor, not one per batch: ~1 kB less per image at 50k images
+                self.values[name] = [torch.cat(values)]
         if "rfid" in self.meters:  # the real side once for all models (evaluate_many)
             self.meters["rfid"].update_fake(fake)
         for name in BOTH_SIDES:
@@ -216,13 +240,17 @@ def evaluate_many(
     max_images: int | None = None,  # the first N images of the data's order (any process count); None: all
     examples: int = 0,  # keep this many of the main process's first inputs / reconstructions (for grids)
     active_threshold: float = bottleneck_mod.ACTIVE_THRESHOLD,  # KL models: nats/element of an active channel
-    progress: bool = False,  # progress bar with images/s on the main process (when stderr is a terminal)
+    progress: bool = False,  # a line with images/s and ETA every progress.EVERY_S seconds, on every process
     data_name: str = "the evaluation data",  # how error messages name the data
     data_protocol: str = "",  # how the images were resized / cropped: part of the FID reference's fingerprint
     fid_reference: FIDReference | None = None,  # the real side of rFID from an earlier run (refused when its
     # fingerprint differs); None: computed here, once for all models (each result's fid_reference)
     tiling: str = DEFAULT_TILING,  # tiled encode / decode (latentae.models.tiling): auto (above TILE_ABOVE_PIXELS,
     # the models whose tiles match their untiled result), on, off
+    resume: str | Path | None = None,  # folder of resume files (latentae.evaluation.resume): after each chunk of
+    # the data (an eval_loader's `chunks`) the state so far is saved there, and a rerun continues after the last
+    # finished chunk with the same result; None: not resumable
+    chunk_images: int | None = None,  # image files per chunk when resumable (each tar is one chunk); CHUNK_IMAGES
 ) -> dict[str, EvalResult]:
     """Every model of `models` on the same images, read and decoded once: each batch goes through every model
     before the next is read, and the real images' FID features are computed once. One EvalResult per model, each
@@ -249,44 +277,94 @@ def evaluate_many(
     real_features = RealFeatures() if fid_meter is not None and fid_reference is None else None
     keys: list[str] = []
     positions: list[tuple] = []  # in the data's order; (rank, index) for batches without one: rank order
+    classes: list[str] = []
     skips_before = _skip_counts(batches)
+    if resume is not None and (max_images is not None or not hasattr(batches, "chunks")):
+        raise LatentaeError("a resumable evaluation reads all of an eval_loader's images in chunks: not with "
+                            "max_images, nor from a plain iterable of batches")
     batches, cap = _capped(batches, max_images, ranks)
 
-    from tqdm.auto import tqdm
+    def consume(batch: dict) -> int:
+        images = batch["image"] if cap is None else batch["image"][: cap - len(keys)]
+        if not len(images):
+            return 0
+        x = images.to(device, non_blocking=True)
+        real = to_uint8(x)
+        if real_features is not None:
+            real_features.update(fid_meter.features(real))
+        for run in runs.values():
+            run.add(x, real, precision, examples)
+        placed = batch.get("position") or [(rank, len(keys) + i) for i in range(len(images))]
+        positions.extend(tuple(p) for p in placed[: len(images)])
+        keys.extend(batch["key"][: len(images)])
+        classes.extend(batch.get("class", ())[: len(images)])
+        return len(images)
 
-    # disable=None: no bar when stderr is not a terminal (logs, captured output)
-    bar = tqdm(total=_local_cap(max_images, rank, ranks), unit="img", desc="eval", dynamic_ncols=True,
-               disable=None if progress and main else True)
     was_training = {name: m.training for name, m in models.items()}
     for m in models.values():
         m.eval()
     try:
-        for batch in batches if cap != 0 else ():
-            images = batch["image"] if cap is None else batch["image"][: cap - len(keys)]
-            if not len(images):
-                continue
-            x = images.to(device, non_blocking=True)
-            real = to_uint8(x)
-            if real_features is not None:
-                real_features.update(fid_meter.features(real))
-            for run in runs.values():
-                run.add(x, real, precision, examples)
-            placed = batch.get("position") or [(rank, len(keys) + i) for i in range(len(images))]
-            positions.extend(tuple(p) for p in placed[: len(images)])
-            keys.extend(batch["key"][: len(images)])
-            bar.update(len(images))
-            if cap is not None and len(keys) >= cap:
-                break
+        if resume is None:
+            count = batches.count() if progress and max_images is None and hasattr(batches, "count") else None
+            bar = Progress(_local_cap(max_images, rank, ranks) or count, rank=rank, ranks=ranks, enabled=progress)
+            for batch in batches if cap != 0 else ():
+                bar.update(consume(batch))
+                if cap is not None and len(keys) >= cap:
+                    break
+        else:
+            chunk_images = chunk_images or CHUNK_IMAGES
+            chunks = batches.chunks(chunk_images)
+            identity = {"models": "; ".join(f"{name}: {run.identity()}" for name, run in runs.items()),
+                        "metrics": ",".join(metrics), "precision": precision, "data": batches.fingerprint(),
+                        "crop": data_protocol, "chunk_images": str(chunk_images), "examples": str(examples),
+                        # which images share a batch (worker w batches its own slice): kernels round per batch
+                        "batching": f"{batches.batch_size} per batch, {batches.num_workers} decoding workers",
+                        "meters": "; ".join(f"{name}/{m}: {run.meters[m].describe()}" for name, run in runs.items()
+                                            for m in run.meters),
+                        "fid_extractor": fingerprint.get("extractor", ""), "active_threshold": repr(active_threshold),
+                        "fid_reference": "given" if fid_reference is not None else "computed"}
+            checkpoint = Checkpoint(resume, rank, ranks, identity)
+            saved = checkpoint.load(device)
+            done: list[int] = []
+            if saved is not None:
+                done, keys[:], positions[:], classes[:] = (saved["done"], saved["keys"], saved["positions"],
+                                                           saved["classes"])
+                batches.skipped.update(saved["skipped"])
+                if real_features is not None:
+                    restore(real_features, saved["real"])
+                for name, run in runs.items():
+                    run.restore(saved["runs"][name])
+            counts = [part.count() for _, part in chunks] if progress else [None]
+            bar = Progress(None if None in counts else sum(counts), rank=rank, ranks=ranks, done=len(keys),
+                           enabled=progress)
+            if done:
+                bar.note(f"resuming after {len(done)} of {len(chunks)} chunks ({len(keys)} images) evaluated by an "
+                         f"earlier run ({checkpoint.path})")
+            for j, part in chunks:
+                if j in done:
+                    continue
+                for batch in part:
+                    bar.update(consume(batch))
+                done.append(j)
+                if not keys:  # nothing evaluated yet: no file (a run that finds no images leaves no folder behind)
+                    continue
+                after = _skip_counts(batches)
+                checkpoint.save({"done": done, "keys": keys, "positions": positions, "classes": classes,
+                                 "skipped": {r: after.get(r, 0) - skips_before.get(r, 0) for r in after},
+                                 "real": snapshot(real_features) if real_features is not None else {},
+                                 "runs": {name: run.snapshot() for name, run in runs.items()}})
+        bar.close()
     finally:
         for name, m in models.items():
             m.train(was_training[name])
-        bar.close()
 
     # One gather: every rank holds the whole set's values from here on.
     skipped = _total_skips(skips_before, _skip_counts(batches), device)
     order = _global_order(gather_objects(positions))
     gathered_keys = gather_objects(keys)
     image_keys = [gathered_keys[i] for i in order]
+    gathered_classes = gather_objects(classes)
+    image_classes = [gathered_classes[i] for i in order] if len(gathered_classes) == len(order) else []
     n_images = len(image_keys)
     if n_images == 0:
         if skipped:
@@ -303,11 +381,13 @@ def evaluate_many(
         else:
             dim = int(fid_meter.fid.real_features_sum.shape[0])
             reference = real_features.reference(dim, device, fingerprint, f"computed from {data_name}")
-    return {name: _result(run, index, n_images, image_keys, skipped, metrics, precision, ranks, main, reference)
+    return {name: _result(run, index, n_images, image_keys, image_classes, skipped, metrics, precision, ranks, main,
+                          reference)
             for name, run in runs.items()}
 
 
-def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str], skipped: dict, metrics,
+def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str], image_classes: list[str],
+            skipped: dict, metrics,
             precision: str, ranks: int, main: bool, reference: FIDReference | None) -> EvalResult:
     """One model's EvalResult from its gathered values (collectives: every rank calls it, models in one order)."""
     device = index.device
@@ -351,6 +431,7 @@ def _result(run: _ModelRun, index: Tensor, n_images: int, image_keys: list[str],
     protocol["processes"] = ranks
     return EvalResult(
         n_images=n_images, skipped=skipped, metrics=results, unavailable=unavailable, image_keys=image_keys,
+        image_classes=image_classes,
         per_image={k: v.cpu().tolist() for k, v in per_image.items()}, protocol=protocol,
         examples={k: torch.cat(v) for k, v in run.kept.items() if v} if main else {}, fid_reference=reference,
     )

@@ -170,6 +170,7 @@ class FIDMetric(nn.Module):
     """
 
     min_images = 2  # covariances need two
+    STATE = tuple(f"fid.{side}_features_{s}" for side in ("real", "fake") for s in ("sum", "cov_sum", "num_samples"))
 
     def __init__(self, feature: int | str | nn.Module = DEFAULT_PROTOCOL, weights_path: str | Path | None = None):
         super().__init__()

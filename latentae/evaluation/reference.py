@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from latentae.distributed import all_reduce_sum
 from latentae.errors import LatentaeError
+from latentae.evaluation.resume import module_sha256
 
 FORMAT = "latentae-fid-reference-1"
 FINGERPRINT = ("extractor", "protocol", "n_images", "keys_sha256")
@@ -41,17 +42,14 @@ class FIDReference:
 def extractor_identity(meter) -> str:
     """The features' part of a fingerprint, from a FIDMetric: its protocol / layer and the weight file's sha256, or a
     custom extractor's class and a hash of its parameters and buffers (never a path: caches move between machines)."""
-    digest = hashlib.sha256()
     if not isinstance(meter.feature, nn.Module):
+        digest = hashlib.sha256()
         path = Path(meter.weight_files[-1])
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return f"FID features {meter.feature!r} ({meter.protocol}), {path.name} sha256 {digest.hexdigest()}"
-    for name, tensor in sorted(meter.feature.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return f"{type(meter.feature).__name__} (parameters sha256 {digest.hexdigest()})"
+    return f"{type(meter.feature).__name__} (parameters sha256 {module_sha256(meter.feature)})"
 
 
 def keys_fingerprint(image_keys: list[str]) -> dict[str, str]:
@@ -68,6 +66,8 @@ def moments(total: Tensor, cov_total: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 class RealFeatures:
     """This rank's sums of the real images' features (float64, like torchmetrics' states)."""
+
+    STATE = ("total", "cov_total", "n")  # what latentae.evaluation.resume saves
 
     def __init__(self):
         self.total: Tensor | None = None

@@ -168,11 +168,13 @@ def write_report(result: EvalResult, output: str | Path, setup: dict[str, Any]) 
     written["json"].write_text(json.dumps(report_dict(result, setup), indent=2) + "\n")
     written["markdown"].write_text(markdown(result, setup))
     names = list(result.per_image)
+    classes = result.image_classes
     with open(written["per_image"], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["key", *names])
+        writer.writerow(["key", *(["class"] if classes else []), *names])
         for i, key in enumerate(result.image_keys):
-            writer.writerow([key, *(f"{result.per_image[n][i]:.6f}" for n in names)])
+            label = [classes[i]] if classes else []
+            writer.writerow([key, *label, *(f"{result.per_image[n][i]:.6f}" for n in names)])
     if result.examples:
         written["grid"] = out / "grid.png"
         save_png(comparison_grid(result.examples["input"], result.examples["reconstruction"]), written["grid"])

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from latentae.data.batching import SizeBatcher
 from latentae.data.config import DEFAULT_MAX_PIXELS
 from latentae.data.decode import IMAGE_EXTS
-from latentae.data.eval_stream import crop_decoder
+from latentae.data.eval_stream import crop_decoder, plan_chunks
 from latentae.data.skips import SkipCounter, SkipSample
 from latentae.data.sources import Source, iter_samples
 from latentae.data.transforms import prepare_array
@@ -34,23 +34,14 @@ class Job:
 def plan_jobs(sources: Sequence[Source], *, images_per_shard: int) -> list[Job]:
     """Sources in order -> jobs; two inputs that would write the same output name raise LatentaeError."""
     jobs: list[Job] = []
-    pending: list[Source] = []
-    chunks = 0
-
-    def flush():
-        nonlocal chunks, pending
-        jobs.append(Job(f"images-{chunks:05d}", tuple(pending)))
-        chunks, pending = chunks + 1, []
-
-    for source in sources:
-        if source.is_image:
-            pending.append(source)
-            if len(pending) == images_per_shard:
-                flush()
+    runs = 0  # runs of image files so far
+    for chunk in plan_chunks(sources, images_per_shard):
+        first = sources[chunk[0]]
+        if first.is_image:
+            name, runs = f"images-{runs:05d}", runs + 1
         else:
-            jobs.append(Job(shard_name(source.url), (source,)))
-    if pending:
-        flush()
+            name = shard_name(first.url)
+        jobs.append(Job(name, tuple(sources[i] for i in chunk)))
     seen: dict[str, Job] = {}
     for job in jobs:
         if job.name + ".json" == MANIFEST:
