@@ -11,21 +11,28 @@ import torch
 from latentae.config import ConfigError
 
 
+def chosen_counts(model, chosen: list[int] | None, key: str, distinct: bool = False) -> tuple[int, ...]:
+    """The channel counts config key `key` names (None: every count of the model's structured latent; empty for a
+    model without one), each one of the model's; one ConfigError naming the key otherwise."""
+    allowed = model.bottleneck.channel_counts
+    if chosen is not None and not allowed:
+        raise ConfigError(f"config key '{key}' needs a structured latent: set model.structured_channels "
+                          "(model.family dc)")
+    counts = tuple(allowed if chosen is None else chosen)
+    bad = [c for c in counts if c not in allowed]
+    if bad or (chosen is not None and (not counts or (distinct and len(set(counts)) < len(counts)))):
+        raise ConfigError(f"config key '{key}': {bad or list(counts)} not {'distinct counts ' if distinct else ''}"
+                          f"among the model's structured_channels {list(allowed)}")
+    return counts
+
+
 class ChannelSchedule:
     """The counts `train.sample_channels` names (None: every count of the model's structured latent); empty for a
     model without one, which then always encodes its whole latent."""
 
     def __init__(self, model, sample_channels: list[int] | None, seed: int, teacher: bool = False,
                  vf: bool = False):
-        allowed = model.bottleneck.channel_counts
-        if sample_channels is not None and not allowed:
-            raise ConfigError("config key 'train.sample_channels' needs a structured latent: set "
-                              "model.structured_channels (model.family dc)")
-        counts = tuple(allowed if sample_channels is None else sample_channels)
-        bad = [c for c in counts if c not in allowed]
-        if bad or (sample_channels is not None and not counts):
-            raise ConfigError(f"config key 'train.sample_channels': {bad or counts} not among the model's "
-                              f"structured_channels {list(allowed)}")
+        counts = chosen_counts(model, sample_channels, "train.sample_channels")
         if counts and teacher:
             raise ConfigError("config key 'train.teacher' does not combine with a structured latent: the decoder "
                               "decodes the teacher's full latent, so no channel count would be trained")

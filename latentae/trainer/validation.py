@@ -9,7 +9,7 @@ is nearly always the smallest, so it would rank by that count alone. A model wit
 """
 from __future__ import annotations
 
-from latentae.config import ConfigError
+from latentae.trainer.channels import chosen_counts
 from latentae.trainer.config import EXPORT_METRICS
 
 MEAN = "mean"
@@ -20,15 +20,7 @@ class Validation:
     logs."""
 
     def __init__(self, model, channels: list[int] | None):
-        allowed = model.bottleneck.channel_counts
-        if channels is not None and not allowed:
-            raise ConfigError("config key 'eval.channels' needs a structured latent: set model.structured_channels "
-                              "(model.family dc)")
-        counts = tuple(allowed if channels is None else channels)
-        bad = [c for c in counts if c not in allowed]
-        if bad or (channels is not None and (not counts or len(set(counts)) < len(counts))):
-            raise ConfigError(f"config key 'eval.channels': {bad or list(counts)} not distinct counts among the "
-                              f"model's structured_channels {list(allowed)}")
+        counts = chosen_counts(model, channels, "eval.channels", distinct=True)
         self.counts = tuple(sorted(counts))
 
     def models(self, model) -> dict:
